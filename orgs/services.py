@@ -1,0 +1,172 @@
+"""Organizations and their members' roles.
+
+Roles are sets of django-guardian object permissions on the ``Organization`` (direct
+foreign-key tables): ``admin`` = view + admin + check-in, ``viewer`` = view, ``reporter`` =
+check-in (virt-who agents). A user has at most one role per org.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
+
+from orgs.models import Organization, OrganizationUserPermission
+
+ROLE_PERMS: dict[str, tuple[str, ...]] = {
+    "admin": ("view_org", "admin_org", "checkin_org"),
+    "viewer": ("view_org",),
+    "reporter": ("checkin_org",),
+}
+ROLES = tuple(ROLE_PERMS)
+ALL_PERMS = ("view_org", "admin_org", "checkin_org")
+KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+SETTINGS = ("name", "autobind_enabled", "hypervisor_autobind_enabled", "unmapped_window",
+            "unmapped_lifetime", "content_access_mode")
+
+
+def get_org(key: str) -> Organization:
+    try:
+        return Organization.objects.get(key=str(key))
+    except Organization.DoesNotExist:
+        raise ValidationError(f"Organization {key!r} does not exist.", code="unknown_org") from None
+
+
+def _check_settings(values: dict) -> None:
+    unknown = set(values) - set(SETTINGS)
+    if unknown:
+        raise ValidationError(f"Unknown organization settings: {', '.join(sorted(unknown))}.",
+                              code="invalid")
+    if "name" in values and not str(values["name"] or "").strip():
+        raise ValidationError("name must not be empty.", code="invalid")
+    for flag in ("autobind_enabled", "hypervisor_autobind_enabled"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise ValidationError(f"{flag} must be true or false.", code="invalid")
+    window = values.get("unmapped_window")
+    if window is not None and (not isinstance(window, timedelta) or window < timedelta(0)):
+        raise ValidationError("unmapped_window must be a duration of zero or more.", code="invalid")
+    lifetime = values.get("unmapped_lifetime")
+    if lifetime is not None and (not isinstance(lifetime, timedelta) or lifetime <= timedelta(0)):
+        raise ValidationError("unmapped_lifetime must be a positive duration.", code="invalid")
+    mode = values.get("content_access_mode")
+    if mode is not None and mode not in Organization.ContentAccess.values:
+        raise ValidationError(
+            f"content_access_mode must be one of {', '.join(Organization.ContentAccess.values)}.",
+            code="invalid",
+        )
+
+
+@transaction.atomic
+def create_org(key: str, name: str, **settings) -> Organization:
+    """Create an organization; ``key`` is its permanent address (Candlepin owner key)."""
+    key = str(key or "").strip()
+    if not KEY_RE.match(key):
+        raise ValidationError(
+            f"Organization key {key!r} is invalid: use letters, digits, '-' and '_' "
+            "(1-255 characters, starting with a letter or digit).",
+            code="invalid_key",
+        )
+    _check_settings({"name": name, **settings})
+    if Organization.objects.filter(key=key).exists():
+        raise ValidationError(f"Organization {key!r} already exists.", code="duplicate")
+    return Organization.objects.create(key=key, name=str(name).strip(), **settings)
+
+
+@transaction.atomic
+def update_org(org: Organization, **settings) -> Organization:
+    """Change an org's name or settings (autobind flags, unmapped window/lifetime, mode)."""
+    _check_settings(settings)
+    org = Organization.objects.select_for_update().get(pk=org.pk)
+    for name, value in settings.items():
+        setattr(org, name, value.strip() if isinstance(value, str) else value)
+    org.save()
+    return org
+
+
+def _role_check(role: str) -> None:
+    if role not in ROLE_PERMS:
+        raise ValidationError(
+            f"Unknown role {role!r}; use one of {', '.join(ROLES)}.", code="unknown_role"
+        )
+
+
+@transaction.atomic
+def set_member_role(org: Organization, username: str, role: str,
+                    password: str | None = None, create: bool = True) -> AbstractBaseUser:
+    """Give ``username`` exactly ``role`` in ``org``; create the user when missing."""
+    _role_check(role)
+    if not isinstance(org, Organization) or not Organization.objects.filter(pk=org.pk).exists():
+        raise ValidationError("Unknown organization.", code="unknown_org")
+    username = str(username or "").strip()
+    if not username or len(username) > 150:
+        raise ValidationError("username must be 1-150 characters.", code="invalid")
+    User = get_user_model()
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        if not create:
+            raise ValidationError(f"User {username!r} does not exist.", code="unknown_user")
+        user = User(username=username)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.full_clean(exclude=["password"])
+        user.save()
+    elif password:
+        user.set_password(password)
+        user.save(update_fields=["password"])
+    for perm in ALL_PERMS:
+        if perm not in ROLE_PERMS[role]:
+            remove_perm(perm, user, org)
+    for perm in ROLE_PERMS[role]:
+        assign_perm(perm, user, org)
+    return user
+
+
+@transaction.atomic
+def remove_member(org: Organization, username: str) -> None:
+    OrganizationUserPermission.objects.filter(
+        content_object=org, user__username=username
+    ).delete()
+
+
+def member_role(org: Organization, user) -> str | None:
+    """The role ``user`` holds in ``org`` (from its permissions), or None."""
+    perms = set(
+        OrganizationUserPermission.objects.filter(content_object=org, user=user)
+        .values_list("permission__codename", flat=True)
+    )
+    for role in ("admin", "viewer", "reporter"):
+        if set(ROLE_PERMS[role]) <= perms:
+            return role
+    return None
+
+
+def members(org: Organization) -> list[tuple[str, str]]:
+    """``(username, role)`` of every member, by username."""
+    rows = (OrganizationUserPermission.objects.filter(content_object=org)
+            .values_list("user__username", "permission__codename"))
+    perms: dict[str, set[str]] = {}
+    for username, codename in rows:
+        perms.setdefault(username, set()).add(codename)
+    result = []
+    for username in sorted(perms):
+        role = next((r for r in ("admin", "viewer", "reporter")
+                     if set(ROLE_PERMS[r]) <= perms[username]), None)
+        if role:
+            result.append((username, role))
+    return result
+
+
+def orgs_for_user(user, perm: str = "view_org"):
+    """Organizations where ``user`` holds ``perm``; staff see every org."""
+    if not user or not user.is_authenticated or not user.is_active:
+        return Organization.objects.none()
+    if user.is_superuser or user.is_staff:
+        return Organization.objects.all()
+    return get_objects_for_user(user, f"orgs.{perm}", klass=Organization, accept_global_perms=False)

@@ -1,0 +1,145 @@
+"""Django settings for sam, read from the environment (see README "Configuration").
+
+Nothing set: the embedded default (SQLite in ``SAM_DATA_DIR``, tasks run in-process).
+``DATABASE_URL`` + ``REDIS_URL``: PostgreSQL and real Celery workers.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+
+from sam import env
+
+DATA_DIR = env.data_dir()
+SECRET_KEY = env.secret_key(DATA_DIR)
+DEBUG = env.env_bool("SAM_DEBUG", False)
+ALLOWED_HOSTS = env.env_list("SAM_ALLOWED_HOSTS", ["*"])
+CSRF_TRUSTED_ORIGINS = env.env_list("SAM_CSRF_TRUSTED_ORIGINS", [])
+TIME_ZONE = env.env_str("SAM_TIME_ZONE", "UTC")
+USE_TZ = True
+USE_I18N = True
+LANGUAGE_CODE = "en-us"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "guardian",
+    "sam",
+    "orgs",
+    "subscriptions",
+    "hypervisors",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sam.urls"
+WSGI_APPLICATION = "sam.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.database_config(DATA_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+# guardian: org roles live in direct foreign-key tables (orgs.models); no anonymous user rows.
+ANONYMOUS_USER_NAME = None
+GUARDIAN_MONKEY_PATCH_USER = False
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.env_str("SAM_STATIC_ROOT", str(DATA_DIR / "static"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps when collectstatic has not run (embedded mode, tests).
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "sam API",
+    "DESCRIPTION": "Self-hosted subscription server with virtualization entitlement accounting.",
+    "VERSION": "1",
+}
+
+# --- Background work -------------------------------------------------------------------------
+REDIS_URL = env.redis_url()
+# Embedded mode: no broker, tasks run in the calling process right after commit.
+CELERY_TASK_ALWAYS_EAGER = env.env_bool("SAM_TASKS_EAGER", REDIS_URL is None)
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis re-delivers an unacknowledged task after this many seconds: longer than the longest job.
+CELERY_VISIBILITY_TIMEOUT = env.env_int("SAM_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_DEFAULT_QUEUE = env.env_str("SAM_CELERY_QUEUE", "sam")
+
+# --- Domain defaults -----------------------------------------------------------------------------
+SAM_UNMAPPED_WINDOW_DEFAULT = timedelta(hours=24)
+SAM_UNMAPPED_LIFETIME_DEFAULT = timedelta(days=7)
+# How many systems one resolution task handles; bigger batches mean fewer broker messages.
+SAM_RESOLVE_BATCH = env.env_int("SAM_RESOLVE_BATCH", 200, minimum=1, maximum=10000)
+SAM_HOSTNAME = env.env_str("SAM_HOSTNAME", socket.getfqdn())
+
+LOG_LEVEL = (env.env_str("SAM_LOG_LEVEL", "INFO") or "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"SAM_LOG_LEVEL={LOG_LEVEL!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    )
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

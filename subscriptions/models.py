@@ -1,0 +1,216 @@
+"""Products, subscriptions, the pools derived from them, entitlements and their event log."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+
+from orgs.models import Organization, System
+from sam.ids import new_id
+
+UNLIMITED = -1
+
+
+class Product(models.Model):
+    """A SKU or an engineering product. ``sku`` is the Candlepin product id (e.g. ``479``)."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="products")
+    sku = models.CharField(max_length=64)
+    name = models.CharField(max_length=255)
+    attributes = models.JSONField(default=dict, blank=True)
+    provided_products = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="provided_by"
+    )
+    derived_product = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_for"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["sku"]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "sku"], name="product_org_sku_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sku} ({self.name})"
+
+
+class Subscription(models.Model):
+    """What the org bought: a product (+ derived product), a quantity, a period."""
+
+    uuid = models.UUIDField(default=new_id, unique=True, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="subscriptions")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="subscriptions")
+    derived_product = models.ForeignKey(
+        Product, null=True, blank=True, on_delete=models.PROTECT, related_name="derived_subscriptions"
+    )
+    quantity = models.IntegerField(help_text="-1 = unlimited")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    contract_number = models.CharField(max_length=64, blank=True)
+    account_number = models.CharField(max_length=64, blank=True)
+    order_number = models.CharField(max_length=64, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["org", "product__sku", "start"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(quantity=UNLIMITED) | Q(quantity__gt=0), name="subscription_quantity_valid"
+            ),
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="subscription_end_after_start"),
+        ]
+        indexes = [models.Index(fields=["end"], name="subscription_end_idx")]  # expiry sweep
+
+    def __str__(self) -> str:
+        return f"{self.product.sku} x{self.quantity}"
+
+
+class Pool(models.Model):
+    """A consumable quantity derived from a subscription (domain.md section 3)."""
+
+    class Type(models.TextChoices):
+        NORMAL = "NORMAL"
+        UNMAPPED_GUEST = "UNMAPPED_GUEST"
+        ENTITLEMENT_DERIVED = "ENTITLEMENT_DERIVED"
+        STACK_DERIVED = "STACK_DERIVED"
+        BONUS = "BONUS"
+
+    uuid = models.UUIDField(default=new_id, unique=True, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pools")
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="pools")
+    type = models.CharField(max_length=24, choices=Type.choices)
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="pools")
+    quantity = models.IntegerField(help_text="-1 = unlimited")
+    consumed = models.IntegerField(default=0)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    attributes = models.JSONField(default=dict, blank=True)
+    virt_only = models.BooleanField(default=False)
+    physical_only = models.BooleanField(default=False)
+    unmapped_guests_only = models.BooleanField(default=False)
+    multi_entitlement = models.BooleanField(default=False)
+    requires_host = models.ForeignKey(
+        System, null=True, blank=True, on_delete=models.CASCADE, related_name="derived_pools",
+        help_text="Only guests of this host may use the pool (derived pools).",
+    )
+    source_entitlement = models.ForeignKey(
+        "Entitlement", null=True, blank=True, on_delete=models.CASCADE, related_name="derived_pools"
+    )
+    source_stack_id = models.CharField(max_length=255, null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            # Consumption never exceeds quantity, whatever the code path (concurrent binds).
+            models.CheckConstraint(
+                condition=Q(quantity=UNLIMITED) | Q(consumed__lte=F("quantity")),
+                name="pool_consumed_lte_quantity",
+            ),
+            models.CheckConstraint(condition=Q(consumed__gte=0), name="pool_consumed_gte_0"),
+            models.CheckConstraint(condition=Q(quantity__gte=UNLIMITED), name="pool_quantity_valid"),
+            # One NORMAL and one UNMAPPED_GUEST pool per subscription.
+            models.UniqueConstraint(
+                fields=["subscription", "type"],
+                condition=Q(type__in=["NORMAL", "UNMAPPED_GUEST"]),
+                name="pool_subscription_primary_uniq",
+            ),
+            # One derived pool per host entitlement, one per (host, stack).
+            models.UniqueConstraint(
+                fields=["source_entitlement"], condition=Q(type="ENTITLEMENT_DERIVED"),
+                name="pool_source_entitlement_uniq",
+            ),
+            models.UniqueConstraint(
+                fields=["requires_host", "source_stack_id"], condition=Q(type="STACK_DERIVED"),
+                name="pool_host_stack_uniq",
+            ),
+        ]
+        indexes = [
+            # Candidate pools of an org for resolution.
+            models.Index(fields=["org", "type", "end"], name="pool_org_type_end_idx"),
+        ]
+
+    def __str__(self) -> str:
+        qty = "unlimited" if self.quantity == UNLIMITED else self.quantity
+        return f"{self.type} {self.product.sku} ({self.consumed}/{qty})"
+
+    @property
+    def unlimited(self) -> bool:
+        return self.quantity == UNLIMITED
+
+    @property
+    def available(self) -> int | None:
+        """Units left, ``None`` for unlimited."""
+        return None if self.unlimited else max(0, self.quantity - self.consumed)
+
+
+class Entitlement(models.Model):
+    """A system consuming ``quantity`` units of a pool."""
+
+    uuid = models.UUIDField(default=new_id, unique=True, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="entitlements")
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="entitlements")
+    pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="entitlements")
+    quantity = models.PositiveIntegerField(default=1)
+    start = models.DateTimeField()
+    end = models.DateTimeField(help_text="Temporary (unmapped guest) entitlements end early.")
+    multi_entitlement = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["system", "pool"], condition=Q(multi_entitlement=False),
+                name="entitlement_system_pool_uniq",
+            ),
+            models.CheckConstraint(condition=Q(quantity__gte=1), name="entitlement_quantity_gte_1"),
+        ]
+        indexes = [
+            models.Index(fields=["pool"], name="entitlement_pool_idx"),  # who consumes a pool
+            models.Index(fields=["end"], name="entitlement_end_idx"),  # expiry sweep
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.system} <- {self.pool}"
+
+
+class EntitlementEvent(models.Model):
+    """Append-only log of entitlement changes: what, why, which trigger (domain.md 8).
+
+    Names and ids are copied so the event survives the deletion of the system or pool.
+    """
+
+    class Action(models.TextChoices):
+        ATTACHED = "attached"
+        REVOKED = "revoked"
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="entitlement_events")
+    system = models.ForeignKey(System, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="entitlement_events")
+    system_uuid = models.UUIDField()
+    system_name = models.CharField(max_length=255)
+    pool_uuid = models.UUIDField()
+    pool_type = models.CharField(max_length=24)
+    product_sku = models.CharField(max_length=64)
+    entitlement_uuid = models.UUIDField()
+    quantity = models.PositiveIntegerField(default=1)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    reason = models.CharField(max_length=64, help_text="Stable key, e.g. host_mismatch, expired.")
+    trigger = models.CharField(max_length=64, help_text="What caused it, e.g. report, manual.")
+    host_name = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            models.Index(fields=["org", "system_uuid", "created"], name="entevent_system_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.product_sku} for {self.system_name} ({self.reason})"

@@ -1,0 +1,34 @@
+"""Shared test setup.
+
+Tasks run in-process (eager) unless a test starts a real worker (``tests/test_worker.py``).
+With ``SAM_FAIL_ON_SKIP=1`` (CI) a skipped test fails the run: CI must prove everything.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sam.celery import app as celery_app
+
+
+@pytest.fixture(autouse=True)
+def eager_tasks(settings):
+    """Run enqueued tasks in the test process right after commit."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("SAM_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped:
+        reporter.write_line(f"SAM_FAIL_ON_SKIP=1: {skipped} skipped test(s) count as failures.",
+                            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
