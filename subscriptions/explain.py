@@ -15,7 +15,7 @@ from django.utils import timezone
 from orgs.models import System
 from subscriptions import engine
 from subscriptions.models import UNLIMITED, Entitlement, Pool
-from subscriptions.services import entitlements_of, load_catalog, org_pools
+from subscriptions.services import entitlements_of, load_catalog, usable_pools
 
 
 @dataclass
@@ -74,7 +74,7 @@ def explain(system: System, now: datetime | None = None) -> list[ProductExplanat
             result.append(_covered(system, product_id, name, product_status, now))
             continue
         if pools is None:
-            pools = list(org_pools(org).filter(end__gt=now, start__lte=now))
+            pools = usable_pools(org, now, system.current_host_id if system.is_guest else None)
         result.append(_uncovered(system, product_id, name, pools, catalog, now))
     return result
 

@@ -437,6 +437,15 @@ def org_pools(org: Organization):
     )
 
 
+def usable_pools(org: Organization, now: datetime, host_id: int | None = None) -> list[Pool]:
+    """Current pools a system could draw from: the org's shared pools plus the derived pools
+    of ``host_id``. Other hosts' derived pools (one per hypervisor: thousands) are left out."""
+    host_filter = Q(requires_host__isnull=True)
+    if host_id is not None:
+        host_filter |= Q(requires_host_id=host_id)
+    return list(org_pools(org).filter(host_filter, end__gt=now, start__lte=now))
+
+
 def _held_pool_ids(system: System) -> set[int]:
     return set(Entitlement.objects.filter(system=system).values_list("pool_id", flat=True))
 
@@ -513,13 +522,13 @@ def _resolve(run: _Run, system: System) -> None:
     wanted = _uncovered(system, ents, catalog, now)
     if not wanted:
         return
-    pools = [p for p in org_pools(org).filter(end__gt=now, start__lte=now)]
+    pools = usable_pools(org, now, host_id)
 
     # Step 3: host auto-attach first, so the guest can inherit from the host's derived pool.
     host = system.current_host if system.is_guest else None
     if host is not None and host.autoheal and org.hypervisor_autobind_enabled:
         _host_auto_attach(run, host, wanted, pools, catalog)
-        pools = [p for p in org_pools(org).filter(end__gt=now, start__lte=now)]
+        pools = usable_pools(org, now, host_id)
 
     # Step 5: attach pools for what is still uncovered, best first.
     view = engine.SystemView(system, host_id, {e.pool_id for e in ents})

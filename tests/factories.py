@@ -24,7 +24,7 @@ class UserFactory(factory.django.DjangoModelFactory):
         django_get_or_create = ("username",)
 
     username = factory.Sequence(lambda n: f"user{n}")
-    password = factory.PostGenerationMethodCall("set_password", "s3cret-pass-word")
+    password = factory.django.Password("s3cret-pass-word")
 
 
 class SystemFactory(factory.django.DjangoModelFactory):
