@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import Q
 
 from orgs.models import Organization, System
+from sam.ids import new_id
 
 
 class GuestId(models.Model):
@@ -51,6 +52,8 @@ class GuestHostInterval(models.Model):
     started = models.DateTimeField()
     ended = models.DateTimeField(null=True, blank=True)
     source = models.CharField(max_length=64, blank=True, help_text="What recorded it, e.g. report id.")
+    report = models.ForeignKey("Report", null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="guest_intervals")
 
     class Meta:
         ordering = ["org", "guest_uuid", "started", "id"]
@@ -66,3 +69,74 @@ class GuestHostInterval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.guest_uuid} on {self.host_name} from {self.started}"
+
+
+class Report(models.Model):
+    """One virt-who upload and its processing job (Candlepin ``HypervisorUpdateJob``).
+
+    The row is created in the request and the client polls it; the raw report is kept
+    compressed with its hash, so a lost broker message or a killed worker loses nothing.
+    """
+
+    class State(models.TextChoices):
+        # Only these six words: virt-who reads any other state as a failure.
+        CREATED = "CREATED"
+        WAITING = "WAITING"
+        RUNNING = "RUNNING"
+        FINISHED = "FINISHED"
+        FAILED = "FAILED"
+        CANCELED = "CANCELED"
+
+    class Kind(models.TextChoices):
+        CHECKIN = "checkin", "Hypervisor check-in"
+        HEARTBEAT = "heartbeat", "Heartbeat"
+        LEGACY = "legacy", "Synchronous check-in (legacy)"
+
+    OPEN_STATES = (State.CREATED, State.WAITING, State.RUNNING)
+
+    uuid = models.UUIDField(default=new_id, unique=True, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="reports")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHECKIN)
+    reporter_id = models.CharField(max_length=255, blank=True, default="")
+    principal = models.CharField(max_length=255, blank=True)
+    origin = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CREATED)
+    payload = models.BinaryField(null=True, blank=True, help_text="zlib-compressed JSON body")
+    payload_hash = models.CharField(max_length=64, blank=True)
+    payload_size = models.PositiveIntegerField(default=0)
+    create_missing = models.BooleanField(default=True)
+    hypervisor_count = models.PositiveIntegerField(default=0)
+    guest_count = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True, help_text="resultData as clients see it")
+    diff = models.JSONField(null=True, blank=True, help_text="hypervisors created/updated, "
+                            "guests added/removed/moved")
+    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="superseded")
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["CREATED", "WAITING", "RUNNING", "FINISHED", "FAILED",
+                                       "CANCELED"]),
+                name="report_state_valid",
+            ),
+        ]
+        indexes = [
+            # Open jobs: coalescing per (org, reporter), backpressure count, the re-enqueue sweep.
+            models.Index(fields=["org", "reporter_id", "created"], name="report_open_idx",
+                         condition=Q(state__in=["CREATED", "WAITING", "RUNNING"])),
+            # Last applied report of a reporter (dedup by hash) and the report list.
+            models.Index(fields=["org", "reporter_id", "kind", "-finished"],
+                         name="report_reporter_finished_idx"),
+            models.Index(fields=["org", "-created"], name="report_org_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.uuid} ({self.state})"
