@@ -214,7 +214,7 @@ def _apply(cursor, org, entries, reporter_id, create_missing, now, report_id, so
             ident["dmi_uuid"] if entry.facts is not None else None,
             stage.bool_value(ident["is_guest"]), ident["virt_uuid"], ident["virt_uuid_swapped"],
             stage.bool_value(entry.guests is not None), stage.bool_value(entry.system_id is not None),
-            stage.uuid_value(new_id()), entry.system_id, entry.error,
+            stage.uuid_value(new_id()), entry.system_id, None,
         ))
     stage.load(cursor, stage.STAGE_HV, (
         "idx", "hv_id", "name", "create_name", "has_facts", "facts", "dmi", "is_guest",

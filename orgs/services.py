@@ -170,3 +170,14 @@ def orgs_for_user(user, perm: str = "view_org"):
     if user.is_superuser or user.is_staff:
         return Organization.objects.all()
     return get_objects_for_user(user, f"orgs.{perm}", klass=Organization, accept_global_perms=False)
+
+
+def has_role_perm(user, perm: str, org: Organization) -> bool:
+    """Whether ``user`` holds ``perm`` (view_org / admin_org / checkin_org) on ``org``."""
+    if not user or not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or user.is_staff:
+        return True
+    return OrganizationUserPermission.objects.filter(
+        content_object=org, user=user, permission__codename=perm
+    ).exists()

@@ -20,6 +20,10 @@ app.conf.beat_schedule = {
         "task": "subscriptions.tasks.expire_subscriptions",
         "schedule": crontab(minute="5"),
     },
+    "requeue-waiting-reports": {
+        "task": "hypervisors.tasks.requeue_reports",
+        "schedule": 60.0,
+    },
     "heal-all-orgs": {
         "task": "subscriptions.tasks.heal_all_orgs",
         "schedule": crontab(hour="2", minute="30"),

@@ -6,6 +6,7 @@ Nothing set: the embedded default (SQLite in ``SAM_DATA_DIR``, tasks run in-proc
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 
@@ -84,6 +85,7 @@ GUARDIAN_MONKEY_PATCH_USER = False
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.env_str("SAM_STATIC_ROOT", str(DATA_DIR / "static"))
+os.makedirs(STATIC_ROOT, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -127,6 +129,21 @@ SAM_UNMAPPED_LIFETIME_DEFAULT = timedelta(days=7)
 # How many systems one resolution task handles; bigger batches mean fewer broker messages.
 SAM_RESOLVE_BATCH = env.env_int("SAM_RESOLVE_BATCH", 200, minimum=1, maximum=10000)
 SAM_HOSTNAME = env.env_str("SAM_HOSTNAME", socket.getfqdn())
+
+# --- virt-who check-in -----------------------------------------------------------------------
+# Largest accepted report body (413 above it). The 17,000-hypervisor report is about 20 MB.
+SAM_REPORT_MAX_BYTES = env.env_int("SAM_REPORT_MAX_BYTES", 64 * 1024 * 1024, minimum=1024)
+# Waiting reports (all orgs) before new ones get 429 with Retry-After.
+SAM_REPORT_QUEUE_LIMIT = env.env_int("SAM_REPORT_QUEUE_LIMIT", 500, minimum=1)
+SAM_REPORT_RETRY_AFTER = env.env_int("SAM_REPORT_RETRY_AFTER", 60, minimum=1)
+# Reports still CREATED after this many seconds are sent to the workers again.
+SAM_REPORT_REQUEUE_AFTER = env.env_int("SAM_REPORT_REQUEUE_AFTER", 120, minimum=10)
+# Request bodies up to the report limit are read into memory (Django's own guard).
+DATA_UPLOAD_MAX_MEMORY_SIZE = SAM_REPORT_MAX_BYTES
+# Publishing a task fails fast when the broker is down (the job row is the durable copy).
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                    "interval_max": 0.5}
 
 LOG_LEVEL = (env.env_str("SAM_LOG_LEVEL", "INFO") or "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import include, path
 
 
 def health(request):
@@ -11,4 +11,6 @@ def health(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
+    path("candlepin/", include("sam.candlepin.urls")),
+    path("rhsm/", include("sam.candlepin.urls")),
 ]

@@ -98,10 +98,11 @@ def test_periodic_sweeps_do_not_overlap():
         other.close()
 
 
-def test_beat_schedules_the_three_sweeps():
+def test_beat_schedules_the_sweeps():
     names = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
     assert names == {"subscriptions.tasks.expire_unmapped_entitlements",
-                     "subscriptions.tasks.expire_subscriptions", "subscriptions.tasks.heal_all_orgs"}
+                     "subscriptions.tasks.expire_subscriptions", "subscriptions.tasks.heal_all_orgs",
+                     "hypervisors.tasks.requeue_reports"}
     assert names <= set(celery_app.tasks)
 
 
