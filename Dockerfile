@@ -28,6 +28,7 @@ RUN pip install . \
 
 USER sam
 VOLUME ["/data"]
-EXPOSE 8000
-# The development server for now; the HTTPS server comes with `manage.py serve`.
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec python manage.py runserver 0.0.0.0:8000 --noreload"]
+EXPOSE 8443
+# HTTPS (gunicorn); a self-signed certificate is created once in /data/tls unless
+# SAM_TLS_CERT / SAM_TLS_KEY name one.
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec python manage.py serve --bind 0.0.0.0:8443"]

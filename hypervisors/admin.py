@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils.html import format_html, format_html_join
 
 from hypervisors import services
-from hypervisors.models import GuestHostInterval, GuestId
+from hypervisors.models import GuestHostInterval, GuestId, Report
 from orgs.admin import ReadOnlyAdminMixin, ReadOnlyInline, SamAdmin, UUIDSearchMixin, changelist_link
 from orgs.models import System
 from subscriptions.admin import SystemEntitlementInline
@@ -151,3 +151,23 @@ class GuestHostIntervalAdmin(ReadOnlyAdminMixin, SamAdmin):
     search_fields = ("=guest_uuid", "host_name", "=host_hypervisor_id", "=source")
     date_hierarchy = "started"
     ordering = ("-started", "-id")
+
+
+@admin.register(Report)
+class ReportAdmin(ReadOnlyAdminMixin, UUIDSearchMixin, SamAdmin):
+    """virt-who check-in jobs with their result and diff; created by the API, never here."""
+
+    list_display = ("uuid", "org", "kind", "state", "reporter_id", "hypervisor_count", "created",
+                    "finished")
+    list_select_related = ("org",)
+    list_filter = ("state", "kind", "org")
+    search_fields = ("=reporter_id", "=principal")
+    uuid_search_fields = ("uuid",)
+    date_hierarchy = "created"
+    ordering = ("-created", "-id")
+    exclude = ("payload",)
+    readonly_fields = ("payload_summary",)
+
+    @admin.display(description="payload")
+    def payload_summary(self, obj: Report) -> str:
+        return f"{obj.payload_size} bytes, sha256 {obj.payload_hash}" if obj.payload_hash else "-"

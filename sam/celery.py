@@ -11,6 +11,12 @@ app = Celery("sam")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+def _requeue_interval() -> float:
+    from django.conf import settings
+
+    return float(settings.SAM_REPORT_REQUEUE_INTERVAL)
+
+
 app.conf.beat_schedule = {
     "expire-unmapped-entitlements": {
         "task": "subscriptions.tasks.expire_unmapped_entitlements",
@@ -22,7 +28,7 @@ app.conf.beat_schedule = {
     },
     "requeue-waiting-reports": {
         "task": "hypervisors.tasks.requeue_reports",
-        "schedule": 60.0,
+        "schedule": _requeue_interval(),
     },
     "heal-all-orgs": {
         "task": "subscriptions.tasks.heal_all_orgs",

@@ -137,7 +137,9 @@ SAM_REPORT_MAX_BYTES = env.env_int("SAM_REPORT_MAX_BYTES", 64 * 1024 * 1024, min
 SAM_REPORT_QUEUE_LIMIT = env.env_int("SAM_REPORT_QUEUE_LIMIT", 500, minimum=1)
 SAM_REPORT_RETRY_AFTER = env.env_int("SAM_REPORT_RETRY_AFTER", 60, minimum=1)
 # Reports still CREATED after this many seconds are sent to the workers again.
-SAM_REPORT_REQUEUE_AFTER = env.env_int("SAM_REPORT_REQUEUE_AFTER", 120, minimum=10)
+SAM_REPORT_REQUEUE_AFTER = env.env_int("SAM_REPORT_REQUEUE_AFTER", 120, minimum=1)
+# How often beat runs that sweep (seconds).
+SAM_REPORT_REQUEUE_INTERVAL = env.env_int("SAM_REPORT_REQUEUE_INTERVAL", 60, minimum=1)
 # Request bodies up to the report limit are read into memory (Django's own guard).
 DATA_UPLOAD_MAX_MEMORY_SIZE = SAM_REPORT_MAX_BYTES
 # Publishing a task fails fast when the broker is down (the job row is the durable copy).

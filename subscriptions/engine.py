@@ -208,6 +208,9 @@ def check_pool(view: SystemView, pool: Pool, org: Organization, now: datetime,
             return "unmapped_has_host"
         if not within_unmapped_window(system, org, now):
             return "unmapped_window_passed"
+        if system.registered_at + org.unmapped_lifetime <= now:
+            # A temporary entitlement would already have ended (lifetime shorter than window).
+            return "unmapped_window_passed"
     if pool.id in view.held_pool_ids and not pool.multi_entitlement:
         return "already_entitled"
     if quantity > 1 and not pool.multi_entitlement:

@@ -22,7 +22,7 @@ class Product(models.Model):
         "self", symmetrical=False, blank=True, related_name="provided_by"
     )
     derived_product = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_for"
+        "self", null=True, blank=True, on_delete=models.RESTRICT, related_name="derived_for"
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
@@ -42,9 +42,9 @@ class Subscription(models.Model):
 
     uuid = models.UUIDField(default=new_id, unique=True, editable=False)
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="subscriptions")
-    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="subscriptions")
+    product = models.ForeignKey(Product, on_delete=models.RESTRICT, related_name="subscriptions")
     derived_product = models.ForeignKey(
-        Product, null=True, blank=True, on_delete=models.PROTECT, related_name="derived_subscriptions"
+        Product, null=True, blank=True, on_delete=models.RESTRICT, related_name="derived_subscriptions"
     )
     quantity = models.IntegerField(help_text="-1 = unlimited")
     start = models.DateTimeField()
@@ -83,7 +83,7 @@ class Pool(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pools")
     subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="pools")
     type = models.CharField(max_length=24, choices=Type.choices)
-    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="pools")
+    product = models.ForeignKey(Product, on_delete=models.RESTRICT, related_name="pools")
     quantity = models.IntegerField(help_text="-1 = unlimited")
     consumed = models.IntegerField(default=0)
     start = models.DateTimeField()

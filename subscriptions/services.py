@@ -15,7 +15,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -58,7 +58,7 @@ def _product(org: Organization, sku: str, field_name: str = "product") -> Produc
         ) from None
 
 
-def _clean_attributes(attributes) -> dict[str, str]:
+def clean_attributes(attributes) -> dict[str, str]:
     if attributes is None:
         return {}
     if not isinstance(attributes, dict):
@@ -91,7 +91,7 @@ def create_product(org: Organization, sku: str, name: str, attributes: dict | No
     name = str(name or "").strip()
     if not name:
         raise ValidationError("name must not be empty.", code="invalid")
-    attrs = _clean_attributes(attributes)
+    attrs = clean_attributes(attributes)
     provided_products = [_product(org, p, "provided") for p in provided]
     derived_product = _product(org, derived, "derived") if derived else None
     product, _ = Product.objects.update_or_create(
@@ -475,20 +475,24 @@ def resolve_system(system_id: int, trigger: str = "heal") -> Resolution | None:
 
     Idempotent; serialised per system and per host. Returns None for a deleted system.
     """
-    with transaction.atomic():
-        system = System.objects.filter(pk=system_id).only("id", "current_host_id").first()
-        if system is None:
-            return None
-        _lock_system(system)
-        system = System.objects.select_related("org", "current_host").filter(pk=system_id).first()
-        if system is None:
-            return None
-        if system.current_host_id and system.current_host_id not in {system.id}:
-            locks.xact_lock(locks.SYSTEM, system.current_host_id)  # host moved meanwhile
-        run = _Run(trigger=trigger)
-        _resolve(run, system)
-        enqueue_resolution(run.to_resolve - {system.id}, "host_entitlement")
-        return Resolution(system.id, len(run.attached), run.revoked)
+    for _ in range(5):
+        with transaction.atomic():
+            head = System.objects.filter(pk=system_id).only("id", "current_host_id").first()
+            if head is None:
+                return None
+            _lock_system(head)  # the system and its host, in ascending id order
+            system = System.objects.select_related("org", "current_host").filter(pk=system_id).first()
+            if system is None:
+                return None
+            if system.current_host_id != head.current_host_id:
+                # The host changed before we got the locks: start again rather than take a
+                # lock out of order (which could deadlock with another resolution).
+                continue
+            run = _Run(trigger=trigger)
+            _resolve(run, system)
+            enqueue_resolution(run.to_resolve - {system.id}, "host_entitlement")
+            return Resolution(system.id, len(run.attached), run.revoked)
+    raise OperationalError(f"system {system_id}: its host kept changing; resolution retried later")
 
 
 def _resolve(run: _Run, system: System) -> None:

@@ -330,8 +330,10 @@ def test_states_are_only_the_six_words(client, org):
         assert job(client, "/candlepin", str(report.uuid)).json()["state"] in STATES
 
 
-def test_method_not_allowed_is_json(client, org):
+def test_method_not_allowed_and_unknown_paths_are_json(client, org):
     assert_candlepin(client.delete("/candlepin/status"), 405)
+    data = assert_candlepin(client.get("/rhsm/consumers/abc/owner", **REPORTER), 404)
+    assert data["displayMessage"] and data["requestUuid"]
 
 
 def test_report_moving_registered_guest_reentitles_it(client, org):

@@ -14,4 +14,5 @@ urlpatterns = [
     re_path(r"^hypervisors/(?P<owner_key>[^/]+)/?$", views.hypervisor_checkin),
     re_path(r"^hypervisors/?$", views.legacy_checkin),
     re_path(r"^jobs/(?P<job_id>[^/]*)/?$", views.job),
+    re_path(r"^(?P<path>.*)$", views.not_found),
 ]

@@ -247,3 +247,9 @@ def job(request, job_id: str):
                                  for p in ("view_org", "checkin_org")):
         raise NotVisible(f"Job with id {job_id} could not be found.")
     return json_response(request, job_json(report))
+
+
+@endpoint("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", auth=False)
+def not_found(request, path: str = ""):
+    """Unknown paths answer like Candlepin does: JSON error body and request id header."""
+    return error(request, 404, f"Resource /{path} is not served by this server.")

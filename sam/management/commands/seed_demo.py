@@ -30,6 +30,7 @@ from sam.celery import app as celery_app
 from sam.management.commands._util import command_error
 from subscriptions import services as subs
 from subscriptions.explain import explain
+from subscriptions.models import Entitlement, Pool, Product, Subscription
 
 ADMIN = "admin"
 RHEL = [{"productId": "479", "productName": "Red Hat Enterprise Linux Server", "version": "9.4",
@@ -93,8 +94,7 @@ class Command(BaseCommand):
             with _tasks_in_process():
                 _build(org, domain=f"{key.lower()}.example")
         except BaseException as exc:
-            # Leave nothing half-made: the org's rows cascade away with it.
-            Organization.objects.filter(pk=org.pk).delete()
+            _discard(org)  # leave nothing half-made
             if isinstance(exc, ValidationError):
                 raise CommandError(f"Demo data could not be loaded: {' '.join(exc.messages)}") from exc
             raise
@@ -130,6 +130,19 @@ class Command(BaseCommand):
         )
         for line in lines:
             self.stdout.write(line)
+
+
+@transaction.atomic
+def _discard(org: Organization) -> None:
+    """Delete the org and everything in it. ``Organization.delete()`` alone is refused once
+    subscriptions exist (products are PROTECTed by subscriptions, pools and derived products),
+    so the accounting rows go first, leaves to roots."""
+    Entitlement.objects.filter(org=org).delete()
+    Pool.objects.filter(org=org).delete()
+    Subscription.objects.filter(org=org).delete()
+    Product.objects.filter(org=org).update(derived_product=None)
+    Product.objects.filter(org=org).delete()
+    Organization.objects.filter(pk=org.pk).delete()
 
 
 def _hypervisor(org: Organization, name: str, kind: str, cluster: str, sockets: int,
