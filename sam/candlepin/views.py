@@ -48,6 +48,8 @@ def endpoint(*methods: str, auth: bool = True):
                 return error(request, 401, str(exc), headers={"WWW-Authenticate": 'Basic realm="sam"'})
             except NotVisible as exc:
                 return error(request, 404, str(exc))
+            except Answer as exc:
+                return error(request, exc.status, str(exc))
 
         return inner
 
@@ -176,20 +178,30 @@ def _body(request) -> bytes | None:
         return None
 
 
-def _too_large(request):
-    return error(request, 413, "The hypervisor report is larger than the configured limit of "
-                               f"{settings.SAM_REPORT_MAX_BYTES} bytes.")
+class Answer(Exception):
+    """An early error answer from a helper (bad parameter, body too large)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _checkin_input(request, owner_key: str) -> tuple[Organization, bool, bytes]:
+    """Org (reporter role), ``create_missing`` and body of a check-in request."""
+    org = _org(request, owner_key, "checkin_org")
+    create_missing = query_bool(request, "create_missing", True)
+    if create_missing is None:
+        raise Answer(400, "create_missing must be true or false.")
+    body = _body(request)
+    if body is None:
+        raise Answer(413, "The hypervisor report is larger than the configured limit of "
+                          f"{settings.SAM_REPORT_MAX_BYTES} bytes.")
+    return org, create_missing, body
 
 
 @endpoint("POST")
 def hypervisor_checkin(request, owner_key: str):
-    org = _org(request, owner_key, "checkin_org")
-    create_missing = query_bool(request, "create_missing", True)
-    if create_missing is None:
-        return error(request, 400, "create_missing must be true or false.")
-    body = _body(request)
-    if body is None:
-        return _too_large(request)
+    org, create_missing, body = _checkin_input(request, owner_key)
     try:
         report = reports.accept_checkin(
             org, body, reporter_id=request.GET.get("reporter_id", ""),
@@ -219,13 +231,7 @@ def legacy_checkin(request):
     key = request.GET.get("owner", "").strip()
     if not key:
         return error(request, 400, "The owner parameter is required.")
-    org = _org(request, key, "checkin_org")
-    create_missing = query_bool(request, "create_missing", True)
-    if create_missing is None:
-        return error(request, 400, "create_missing must be true or false.")
-    body = _body(request)
-    if body is None:
-        return _too_large(request)
+    org, create_missing, body = _checkin_input(request, key)
     try:
         report = reports.legacy_checkin(org, body, principal=request.api_user.get_username(),
                                         origin=settings.SAM_HOSTNAME, create_missing=create_missing)
