@@ -26,6 +26,7 @@ from subscriptions import services as subscriptions
 MAX_NAME = 250
 MAX_ID = 255
 MAX_GUEST_ID = 64
+DIFF_LIMIT = 1000  # entries kept per list in a report's stored diff
 NOT_PROVIDED = "Host to guest mapping was not provided for hypervisor update."
 INVALID = "Invalid host to guest mapping was provided for hypervisor update."
 
@@ -155,12 +156,21 @@ class Applied:
                 "failedUpdate": self.failed}
 
     def diff(self) -> dict:
+        """The report's diff for history; long lists are capped (the full per-guest story is in
+        the host timeline), counts are exact."""
+
+        def cap(rows):
+            return [list(r) for r in rows[:DIFF_LIMIT]]
+
         return {
-            "hypervisors": {"created": [h["name"] for h in self.created],
-                            "updated": [h["name"] for h in self.updated]},
-            "guests": {"added": [list(a) for a in self.added],
-                       "removed": [list(r) for r in self.removed],
-                       "moved": [list(m) for m in self.moved]},
+            "hypervisors": {"created": [h["name"] for h in self.created[:DIFF_LIMIT]],
+                            "updated": [h["name"] for h in self.updated[:DIFF_LIMIT]]},
+            "guests": {"added": cap(self.added), "removed": cap(self.removed),
+                       "moved": cap(self.moved)},
+            "counts": {"hypervisors_created": len(self.created),
+                       "hypervisors_updated": len(self.updated),
+                       "guests_added": len(self.added), "guests_removed": len(self.removed),
+                       "guests_moved": len(self.moved)},
         }
 
 
@@ -220,6 +230,7 @@ def _apply(cursor, org, entries, reporter_id, create_missing, now, report_id, so
         "idx", "hv_id", "name", "create_name", "has_facts", "facts", "dmi", "is_guest",
         "virt_uuid", "virt_uuid_swapped", "has_guests", "keep_meta", "new_uuid", "system_id",
         "failed"), rows)
+    stage.analyze(cursor, stage.STAGE_HV)
     hv, t, f = stage.STAGE_HV, stage.true(), stage.false()
     org_key = org.key
 
@@ -313,6 +324,7 @@ def _apply(cursor, org, entries, reporter_id, create_missing, now, report_id, so
     if guest_rows:
         stage.load(cursor, stage.STAGE_GUEST, ("system_id", "guest_uuid", "attributes"),
                    guest_rows)
+        stage.analyze(cursor, stage.STAGE_GUEST)
     sg = stage.STAGE_GUEST
     cursor.execute(
         f"DELETE FROM {_GUEST} WHERE host_id IN (SELECT system_id FROM {hv} WHERE has_guests = {t}"
@@ -378,10 +390,8 @@ def _follow_guests(cursor, org, touched: list[str], now, report_id, source, resu
     st = stage.STAGE_TOUCHED
     stage.load(cursor, st, ("guest_uuid",), [(g,) for g in touched])
     # Newest row wins (served by guestid_org_guest_upd_idx).
-    cursor.execute(
-        f"UPDATE {st} SET host_id = (SELECT g.host_id FROM {_GUEST} g WHERE g.org_id = %s "
-        f"AND g.guest_uuid = {st}.guest_uuid ORDER BY g.updated DESC, g.id DESC LIMIT 1)",
-        [org.id])
+    stage.analyze(cursor, st)
+    cursor.execute(stage.set_newest_host_sql(st, _GUEST), [org.id])
     # Timeline: close the open stay where the host changed, open the new one.
     cursor.execute(
         f"UPDATE {_INTERVAL} SET ended = %s FROM {st} WHERE {_INTERVAL}.org_id = %s "

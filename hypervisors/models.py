@@ -15,8 +15,12 @@ class GuestId(models.Model):
     The current host of a guest UUID is the host of its most recently ``updated`` row.
     """
 
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="guest_ids")
-    host = models.ForeignKey(System, on_delete=models.CASCADE, related_name="guest_ids")
+    # No single-column indexes: guestid_org_guest_upd_idx and the (host, guest_uuid) unique
+    # constraint lead with these columns; fewer indexes make a 20,000-row report cheaper.
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="guest_ids",
+                            db_index=False)
+    host = models.ForeignKey(System, on_delete=models.CASCADE, related_name="guest_ids",
+                             db_index=False)
     guest_uuid = models.CharField(max_length=64)
     attributes = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -43,7 +47,8 @@ class GuestHostInterval(models.Model):
     last. Host names are copied so the timeline survives the host's deletion.
     """
 
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="guest_intervals")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="guest_intervals",
+                            db_index=False)  # guestinterval_timeline_idx leads with org
     guest_uuid = models.CharField(max_length=64)
     host = models.ForeignKey(System, null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="guest_intervals")

@@ -57,42 +57,54 @@ def _send(report_id: int) -> None:
 
 def accept_checkin(org: Organization, body: bytes, *, reporter_id: str = "", principal: str = "",
                    origin: str = "", create_missing: bool = True) -> Report:
-    """Validate and store a check-in; raise ``BadReport`` (400) or ``Backpressure`` (429)."""
-    data = ingest.load_body(body)
+    """Validate and store a check-in; raise ``BadReport`` (400) or ``Backpressure`` (429).
+
+    The hash is checked before the body is parsed: virt-who resends identical reports, and
+    answering those must not cost a parse of megabytes of JSON.
+    """
+    if body is None or not body.strip():
+        raise BadReport(ingest.NOT_PROVIDED)
     digest = _digest(body, create_missing)
     now = timezone.now()
     reporter_id = (reporter_id or "")[:255]
     common = {"org": org, "reporter_id": reporter_id, "principal": principal[:255],
               "origin": origin[:255], "kind": Report.Kind.CHECKIN, "payload_hash": digest,
-              "payload_size": len(body), "create_missing": create_missing,
-              "hypervisor_count": len(data["hypervisors"])}
+              "payload_size": len(body), "create_missing": create_missing}
+    mine = Report.objects.filter(org=org, reporter_id=reporter_id, kind=Report.Kind.CHECKIN)
+    last = (mine.filter(state=Report.State.FINISHED, superseded_by__isnull=True)
+            .order_by("-finished", "-id").only("uuid", "payload_hash").first())
+    if last is not None and last.payload_hash == digest and not mine.filter(
+            state__in=Report.OPEN_STATES).exists():
+        return _unchanged(org, common, last, now)
+    data = ingest.load_body(body)
     with transaction.atomic():
-        mine = Report.objects.filter(org=org, reporter_id=reporter_id, kind=Report.Kind.CHECKIN)
-        waiting = mine.filter(state__in=Report.OPEN_STATES).exists()
-        last = (mine.filter(state=Report.State.FINISHED, superseded_by__isnull=True)
-                .order_by("-finished", "-id").only("uuid", "payload_hash").first())
-        if last is not None and last.payload_hash == digest and not waiting:
-            return _unchanged(org, data, common, last, now)
         limit = settings.SAM_REPORT_QUEUE_LIMIT
         if Report.objects.filter(state__in=Report.OPEN_STATES).count() >= limit:
             raise Backpressure(settings.SAM_REPORT_RETRY_AFTER)
         report = Report.objects.create(
-            payload=zlib.compress(body, 1), state=Report.State.CREATED, **common)
+            payload=zlib.compress(body, 1), state=Report.State.CREATED,
+            hypervisor_count=len(data["hypervisors"]), **common)
         transaction.on_commit(lambda: _send(report.id))
     return report
 
 
-def _unchanged(org: Organization, data: dict, common: dict, last: Report, now: datetime) -> Report:
+def _unchanged(org: Organization, common: dict, last: Report, now: datetime) -> Report:
     """Same report as last applied: a check-in for its hypervisors, nothing re-applied."""
-    ids = [e.hypervisor_id for e in ingest.parse_entries(data)]
-    hypervisors = System.objects.filter(org=org, hypervisor_id__in=ids)
-    hypervisors.update(last_checkin=now)
-    unchanged = [{"uuid": str(uuid), "name": name, "owner": {"key": org.key}}
-                 for uuid, name in hypervisors.order_by("name", "id").values_list("uuid", "name")]
-    return Report.objects.create(
-        state=Report.State.FINISHED, started=now, finished=now,
-        result={"created": [], "updated": [], "unchanged": unchanged, "failedUpdate": []},
-        diff={"identical_to": str(last.uuid)}, **common)
+    previous = Report.objects.filter(pk=last.pk).values_list("result", "hypervisor_count").first()
+    result, count = previous if previous else ({}, 0)
+    listed = [h for key in ("created", "updated", "unchanged") for h in (result or {}).get(key, [])]
+    with transaction.atomic():
+        if common["reporter_id"]:  # as the heartbeat: one UPDATE by reporter
+            hypervisors = System.objects.filter(org=org, reporter_id=common["reporter_id"],
+                                                hypervisor_id__isnull=False)
+        else:
+            hypervisors = System.objects.filter(org=org, uuid__in=[h["uuid"] for h in listed])
+        hypervisors.update(last_checkin=now)
+        return Report.objects.create(
+            state=Report.State.FINISHED, started=now, finished=now, hypervisor_count=count,
+            result={"created": [], "updated": [], "unchanged": sorted(
+                listed, key=lambda h: (h["name"], h["uuid"])), "failedUpdate": []},
+            diff={"identical_to": str(last.uuid)}, **common)
 
 
 def apply_report(report_id: int) -> str:

@@ -74,6 +74,27 @@ def load(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -
     cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(rows))
 
 
+def analyze(cursor, table: str) -> None:
+    """Give the planner row counts of a freshly loaded temp table (autovacuum never sees it)."""
+    if is_postgres():
+        cursor.execute(f"ANALYZE {table}")
+
+
+def set_newest_host_sql(touched: str, guest_table: str) -> str:
+    """UPDATE ``touched`` with the newest reporting host of each guest UUID (one param: org)."""
+    if is_postgres():
+        return (
+            f"UPDATE {touched} SET host_id = d.host_id FROM (SELECT DISTINCT ON (g.guest_uuid) "
+            f"g.guest_uuid, g.host_id FROM {guest_table} g JOIN {touched} t "
+            f"ON g.guest_uuid = t.guest_uuid WHERE g.org_id = %s "
+            f"ORDER BY g.guest_uuid, g.updated DESC, g.id DESC) d "
+            f"WHERE {touched}.guest_uuid = d.guest_uuid")
+    return (
+        f"UPDATE {touched} SET host_id = (SELECT g.host_id FROM {guest_table} g "
+        f"WHERE g.org_id = %s AND g.guest_uuid = {touched}.guest_uuid "
+        f"ORDER BY g.updated DESC, g.id DESC LIMIT 1)")
+
+
 def json_value(value) -> str:
     """A JSON column value as text (COPY and SQLite both take text)."""
     return json.dumps(value)

@@ -163,3 +163,34 @@ class System(models.Model):
             return max(1, int(str(self.facts.get("cpu.cpu_socket(s)", "1")).strip()))
         except (TypeError, ValueError):
             return 1
+
+
+class ApiToken(models.Model):
+    """A credential for scripts and agents, scoped to one org and one role.
+
+    Only a short public ``prefix`` and an HMAC of the whole token are stored; the plaintext is
+    shown once at creation (architecture.md habit 8).
+    """
+
+    ROLE_CHOICES = [("admin", "admin"), ("viewer", "viewer"), ("reporter", "reporter")]
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    prefix = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField(null=True, blank=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["org", "name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "name"], name="apitoken_org_name_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.org.key}/{self.name} ({self.role})"

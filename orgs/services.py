@@ -8,15 +8,18 @@ check-in (virt-who agents). A user has at most one role per org.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
-from orgs.models import Organization, OrganizationUserPermission
+from orgs.auth import make_token
+from orgs.models import ApiToken, Organization, OrganizationUserPermission
+from sam.errors import NotFound
 
 ROLE_PERMS: dict[str, tuple[str, ...]] = {
     "admin": ("view_org", "admin_org", "checkin_org"),
@@ -164,9 +167,14 @@ def members(org: Organization) -> list[tuple[str, str]]:
 
 
 def orgs_for_user(user, perm: str = "view_org"):
-    """Organizations where ``user`` holds ``perm``; staff see every org."""
+    """Organizations where ``user`` holds ``perm``; staff see every org; a token its own org."""
     if not user or not user.is_authenticated or not user.is_active:
         return Organization.objects.none()
+    token = getattr(user, "token", None)
+    if token is not None:
+        if perm not in ROLE_PERMS[token.role]:
+            return Organization.objects.none()
+        return Organization.objects.filter(pk=token.org_id)
     if user.is_superuser or user.is_staff:
         return Organization.objects.all()
     return get_objects_for_user(user, f"orgs.{perm}", klass=Organization, accept_global_perms=False)
@@ -176,8 +184,46 @@ def has_role_perm(user, perm: str, org: Organization) -> bool:
     """Whether ``user`` holds ``perm`` (view_org / admin_org / checkin_org) on ``org``."""
     if not user or not user.is_authenticated or not user.is_active:
         return False
+    token = getattr(user, "token", None)
+    if token is not None:  # a token acts with its own role in its own org only
+        return token.org_id == org.id and perm in ROLE_PERMS[token.role]
     if user.is_superuser or user.is_staff:
         return True
     return OrganizationUserPermission.objects.filter(
         content_object=org, user=user, permission__codename=perm
     ).exists()
+
+
+# --- API tokens -------------------------------------------------------------------------------
+
+@transaction.atomic
+def create_token(org: Organization, name: str, role: str, created_by=None,
+                 expires: datetime | None = None) -> tuple[ApiToken, str]:
+    """Create a token; the plaintext is returned once and never stored."""
+    _role_check(role)
+    name = str(name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationError("token name must be 1-100 characters.", code="invalid")
+    if expires is not None:
+        if not isinstance(expires, datetime) or timezone.is_naive(expires):
+            raise ValidationError("expires must be a date-time with a time zone.", code="invalid")
+        if expires <= timezone.now():
+            raise ValidationError("expires must be in the future.", code="invalid")
+    if ApiToken.objects.filter(org=org, name=name).exists():
+        raise ValidationError(f"A token named {name!r} already exists in {org.key}.",
+                              code="duplicate")
+    plaintext, prefix, digest = make_token()
+    token = ApiToken.objects.create(org=org, name=name, role=role, prefix=prefix, digest=digest,
+                                    created_by=created_by if getattr(created_by, "pk", None) else None,
+                                    expires=expires)
+    return token, plaintext
+
+
+def revoke_token(org: Organization, token_id: int) -> ApiToken:
+    token = ApiToken.objects.filter(org=org, pk=token_id).first()
+    if token is None:
+        raise NotFound(f"Token {token_id} does not exist in organization {org.key}.")
+    if token.revoked is None:
+        token.revoked = timezone.now()
+        token.save(update_fields=["revoked"])
+    return token

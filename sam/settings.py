@@ -32,6 +32,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
     "guardian",
     "sam",
     "orgs",
@@ -95,8 +97,28 @@ WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sam.api.authentication.TokenAuthentication",
+        "sam.api.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "sam.api.pagination.LimitOffset",
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "EXCEPTION_HANDLER": "sam.api.errors.handle",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
+    # Swagger UI and ReDoc from the installed sidecar package: no CDN (air-gapped installs).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
     "TITLE": "sam API",
     "DESCRIPTION": "Self-hosted subscription server with virtualization entitlement accounting.",
     "VERSION": "1",
@@ -127,7 +149,7 @@ CELERY_TASK_DEFAULT_QUEUE = env.env_str("SAM_CELERY_QUEUE", "sam")
 SAM_UNMAPPED_WINDOW_DEFAULT = timedelta(hours=24)
 SAM_UNMAPPED_LIFETIME_DEFAULT = timedelta(days=7)
 # How many systems one resolution task handles; bigger batches mean fewer broker messages.
-SAM_RESOLVE_BATCH = env.env_int("SAM_RESOLVE_BATCH", 200, minimum=1, maximum=10000)
+SAM_RESOLVE_BATCH = env.env_int("SAM_RESOLVE_BATCH", 25, minimum=1, maximum=10000)
 SAM_HOSTNAME = env.env_str("SAM_HOSTNAME", socket.getfqdn())
 
 # --- virt-who check-in -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ def health(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
+    path("api/", include("sam.api.urls")),
     path("candlepin/", include("sam.candlepin.urls")),
     path("rhsm/", include("sam.candlepin.urls")),
 ]

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 
+from orgs.auth import TokenPrincipal, looks_like_token, verify
+
 CACHE_SECONDS = 300
 CACHE_SIZE = 2048
 _cache: OrderedDict[bytes, tuple[int, str, float]] = OrderedDict()
@@ -50,8 +52,17 @@ def _key(username: str, password: str) -> bytes:
 
 
 def basic_user(request):
-    """The active user named by the request's Basic credentials; ``BadCredentials`` if none."""
+    """The active user named by the request's Basic credentials; ``BadCredentials`` if none.
+
+    An API token is accepted as the password (any username), so a virt-who configuration never
+    holds a person's password; the request then acts with the token's org and role only.
+    """
     username, password = parse_basic(request.META.get("HTTP_AUTHORIZATION"))
+    if looks_like_token(password):
+        token = verify(password)
+        if token is None:
+            raise BadCredentials("Invalid, expired or revoked token.")
+        return TokenPrincipal(token)
     key = _key(username, password)
     now = time.monotonic()
     with _lock:

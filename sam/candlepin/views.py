@@ -248,7 +248,8 @@ def job(request, job_id: str):
         key = parse_uuid(job_id, "job")
     except Exception:  # noqa: BLE001 - a malformed id names no job
         raise NotVisible(f"Job with id {job_id} could not be found.") from None
-    report = Report.objects.select_related("org").filter(uuid=key).first()
+    # The stored report and its diff can be megabytes: a poll reads neither.
+    report = Report.objects.select_related("org").defer("payload", "diff").filter(uuid=key).first()
     if report is None or not any(has_role_perm(request.api_user, p, report.org)
                                  for p in ("view_org", "checkin_org")):
         raise NotVisible(f"Job with id {job_id} could not be found.")

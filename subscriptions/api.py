@@ -1,0 +1,3 @@
+"""REST API v1 resources of this app (see sam/api/urls.py)."""
+
+ROUTES: list = []
