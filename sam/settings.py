@@ -119,6 +119,8 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"SystemTypeEnum": "orgs.models.System.Type",
+                            "PoolTypeEnum": "subscriptions.models.Pool.Type"},
     "TITLE": "sam API",
     "DESCRIPTION": "Self-hosted subscription server with virtualization entitlement accounting.",
     "VERSION": "1",

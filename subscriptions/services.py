@@ -470,7 +470,8 @@ class Resolution:
     revoked: int
 
 
-def resolve_system(system_id: int, trigger: str = "heal") -> Resolution | None:
+def resolve_system(system_id: int, trigger: str = "heal",
+                   queued: frozenset[int] = frozenset()) -> Resolution | None:
     """Bring one system's entitlements to the best coverage of its installed products.
 
     Idempotent; serialised per system and per host. Returns None for a deleted system.
@@ -490,7 +491,8 @@ def resolve_system(system_id: int, trigger: str = "heal") -> Resolution | None:
                 continue
             run = _Run(trigger=trigger)
             _resolve(run, system)
-            enqueue_resolution(run.to_resolve - {system.id}, "host_entitlement")
+            # ``queued``: systems later in the caller's batch, which will be resolved anyway.
+            enqueue_resolution(run.to_resolve - {system.id} - queued, "host_entitlement")
             return Resolution(system.id, len(run.attached), run.revoked)
     raise OperationalError(f"system {system_id}: its host kept changing; resolution retried later")
 

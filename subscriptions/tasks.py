@@ -23,13 +23,15 @@ def resolve_systems(self, system_ids: list[int], trigger: str = "heal") -> dict:
     """Resolve each system in its own transaction; retry only the ones that hit a lock error."""
     failed: list[int] = []
     done = 0
-    for system_id in system_ids:
+    ids = [int(i) for i in system_ids]
+    for position, system_id in enumerate(ids):
         try:
-            if services.resolve_system(int(system_id), trigger) is not None:
+            later = frozenset(ids[position + 1:])
+            if services.resolve_system(system_id, trigger, queued=later) is not None:
                 done += 1
         except OperationalError as exc:  # deadlock / serialization: try again shortly
             log.warning("resolution of system %s failed, will retry: %s", system_id, exc)
-            failed.append(int(system_id))
+            failed.append(system_id)
     if failed:
         if self.request.is_eager:
             for system_id in failed:

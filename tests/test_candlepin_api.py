@@ -345,3 +345,23 @@ def test_report_moving_registered_guest_reentitles_it(client, org):
     assert g1.entitlements.get().pool.requires_host_id == esx1.id
     checkin(client, "/candlepin", report_body(("esx1", []), ("esx2", ["g1"])))
     assert g1.entitlements.get().pool.requires_host_id == esx2.id
+
+
+def test_api_token_as_basic_password(client, org):
+    """virt-who can hold a reporter token instead of a person's password."""
+    _, reporter_token = orgs.create_token(org, "virt-who-esx", "reporter")
+    _, viewer_token = orgs.create_token(org, "dashboards", "viewer")
+    as_token = basic("virt-who", reporter_token)
+    created = assert_candlepin(checkin(client, "/candlepin", report_body(("t1", [])), auth=as_token), 200)
+    assert Report.objects.get(uuid=created["id"]).principal == "token:virt-who-esx"
+    assert_candlepin(job(client, "/candlepin", created["id"], auth=as_token), 200)
+    assert_candlepin(client.put("/candlepin/hypervisors/ACME/heartbeat?reporter_id=r1", **as_token), 200)
+    assert_candlepin(checkin(client, "/candlepin", report_body(("t2", [])), owner="OTHER",
+                             auth=as_token), 404)
+    assert_candlepin(checkin(client, "/candlepin", report_body(("t3", [])),
+                             auth=basic("x", viewer_token)), 404)
+    assert_candlepin(checkin(client, "/candlepin", report_body(("t4", [])),
+                             auth=basic("x", reporter_token + "x")), 401)
+    token = org.api_tokens.get(name="virt-who-esx")
+    orgs.revoke_token(org, token.pk)
+    assert_candlepin(checkin(client, "/candlepin", report_body(("t5", [])), auth=as_token), 401)

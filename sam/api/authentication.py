@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from orgs.auth import TokenPrincipal, looks_like_token, verify
@@ -43,3 +44,21 @@ class BasicAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Basic realm="sam"'
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    """OpenAPI description of the token login."""
+
+    target_class = "sam.api.authentication.TokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer"}
+
+
+class BasicScheme(OpenApiAuthenticationExtension):
+    target_class = "sam.api.authentication.BasicAuthentication"
+    name = "basicAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "basic"}
