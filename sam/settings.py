@@ -85,6 +85,10 @@ AUTH_PASSWORD_VALIDATORS = [
 ANONYMOUS_USER_NAME = None
 GUARDIAN_MONKEY_PATCH_USER = False
 
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
 STATIC_URL = "static/"
 STATIC_ROOT = env.env_str("SAM_STATIC_ROOT", str(DATA_DIR / "static"))
 os.makedirs(STATIC_ROOT, exist_ok=True)

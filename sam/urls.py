@@ -14,4 +14,5 @@ urlpatterns = [
     path("api/", include("sam.api.urls")),
     path("candlepin/", include("sam.candlepin.urls")),
     path("rhsm/", include("sam.candlepin.urls")),
+    path("", include("sam.ui_urls")),
 ]

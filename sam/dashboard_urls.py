@@ -1,0 +1,4 @@
+"""The dashboard page (sam/dashboard.py)."""
+
+app_name = "sam"
+urlpatterns: list = []
