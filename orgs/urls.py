@@ -1,4 +1,14 @@
 """Web UI pages of this app (mounted under /o/<org_key>/ by sam/ui_urls.py)."""
 
+from django.urls import path
+
+from orgs import views
+
 app_name = "orgs"
-urlpatterns: list = []
+urlpatterns = [
+    path("settings/", views.SettingsView.as_view(), name="settings"),
+    path("members/", views.MembersView.as_view(), name="members"),
+    path("tokens/", views.TokensView.as_view(), name="tokens"),
+    path("setup/", views.SetupView.as_view(), name="setup"),
+    path("setup/download/", views.SetupDownloadView.as_view(), name="setup_download"),
+]

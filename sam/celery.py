@@ -34,4 +34,8 @@ app.conf.beat_schedule = {
         "task": "subscriptions.tasks.heal_all_orgs",
         "schedule": crontab(hour="2", minute="30"),
     },
+    "record-coverage-snapshots": {
+        "task": "subscriptions.tasks.record_coverage_snapshots",
+        "schedule": crontab(hour="23", minute="50"),
+    },
 }

@@ -1,4 +1,10 @@
 """The dashboard page (sam/dashboard.py)."""
 
+from django.urls import path
+
+from sam import dashboard
+
 app_name = "sam"
-urlpatterns: list = []
+urlpatterns = [
+    path("", dashboard.DashboardView.as_view(), name="dashboard"),
+]

@@ -214,3 +214,29 @@ class EntitlementEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.product_sku} for {self.system_name} ({self.reason})"
+
+
+class CoverageSnapshot(models.Model):
+    """One org's coverage counts on one day (the dashboard's coverage-over-time chart).
+
+    Written once a day by ``subscriptions.tasks.record_coverage_snapshots`` (an upsert, so a
+    second run the same day only refreshes the row).
+    """
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="coverage_snapshots")
+    day = models.DateField()
+    guests_covered = models.PositiveIntegerField(default=0)
+    guests_temporary = models.PositiveIntegerField(default=0)
+    guests_uncovered = models.PositiveIntegerField(default=0)
+    hypervisors_with = models.PositiveIntegerField(default=0)
+    hypervisors_without = models.PositiveIntegerField(default=0)
+    recorded = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["org", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "day"], name="coveragesnapshot_org_day_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.org_id} {self.day}"

@@ -69,3 +69,13 @@ def heal_all_orgs() -> int | None:
         return total
 
     return _sweep(locks.SWEEP_HEAL_ALL, work)
+
+
+
+
+@shared_task(acks_late=True)
+def record_coverage_snapshots() -> int | None:
+    """Once a day (beat): upsert today's coverage snapshot of every org (dashboard chart)."""
+    from subscriptions import coverage
+
+    return _sweep(locks.SWEEP_COVERAGE_SNAPSHOTS, coverage.record_all)

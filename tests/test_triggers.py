@@ -99,10 +99,13 @@ def test_periodic_sweeps_do_not_overlap():
 
 
 def test_beat_schedules_the_sweeps():
+    import hypervisors.tasks  # noqa: F401  (workers autodiscover these; here import them)
+
     names = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
     assert names == {"subscriptions.tasks.expire_unmapped_entitlements",
                      "subscriptions.tasks.expire_subscriptions", "subscriptions.tasks.heal_all_orgs",
-                     "hypervisors.tasks.requeue_reports"}
+                     "hypervisors.tasks.requeue_reports",
+                     "subscriptions.tasks.record_coverage_snapshots"}
     assert names <= set(celery_app.tasks)
 
 
