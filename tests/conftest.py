@@ -32,3 +32,17 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"SAM_FAIL_ON_SKIP=1: {skipped} skipped test(s) count as failures.",
                             red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_test_db_sessions(django_db_setup, django_db_blocker):
+    """Subprocesses (gunicorn, workers) killed by tests may leave a PostgreSQL session for a
+    moment; end them so the test database can always be dropped at the end of the run."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
