@@ -18,23 +18,17 @@ from django.utils import timezone
 from hypervisors import ingest
 from hypervisors.models import GuestId
 from orgs.models import Organization, System
+from orgs.services import require_org
 from sam import locks
 from sam.errors import NotFound
 from sam.ids import normalize_guest_uuid, parse_uuid
 from subscriptions import services as subscriptions
+from subscriptions.services import get_system  # noqa: F401  (part of this module's API)
 
 MAX_NAME = 250
 
 
 # --- Input cleaning ---------------------------------------------------------------------------
-
-def _require_org(org) -> Organization:
-    if not isinstance(org, Organization) or org.pk is None or not Organization.objects.filter(
-        pk=org.pk
-    ).exists():
-        raise ValidationError("Unknown organization.", code="unknown_org")
-    return org
-
 
 def _clean_facts(facts) -> dict[str, str]:
     if facts is None:
@@ -102,7 +96,7 @@ def set_guest_list(org: Organization, host: System, guests, source: str = "",
     fresh ``updated`` makes this host the guest's current host). Registered guests affected
     get their current host updated and are re-resolved after commit. No change → no trigger.
     """
-    _require_org(org)
+    require_org(org)
     if host.org_id != org.id:
         raise NotFound(f"Host {host.uuid} does not exist in organization {org.key}.")
     try:
@@ -129,7 +123,7 @@ def report_hypervisor(org: Organization, hypervisor_id: str, name: str | None = 
 
     ``guests`` None leaves the guest list alone; ``[]`` clears it. ``facts`` None leaves them.
     """
-    _require_org(org)
+    require_org(org)
     hv_id = _clean_hypervisor_id(hypervisor_id)
     item = {"hypervisorId": {"hypervisorId": hv_id}, "name": name, "facts": facts,
             "guestIds": guests}
@@ -155,7 +149,7 @@ def register_system(org: Organization, name: str, facts: dict | None = None,
     if virt-who already created a hypervisor with it, that system is updated and returned
     instead of creating a second one (domain.md S12).
     """
-    _require_org(org)
+    require_org(org)
     if type not in System.Type.values:
         raise ValidationError(f"Unknown system type {type!r}; use one of "
                               f"{', '.join(System.Type.values)}.", code="invalid")
@@ -196,15 +190,6 @@ def register_system(org: Organization, name: str, facts: dict | None = None,
         subscriptions.enqueue_resolution([system.id], trigger)
     system.refresh_from_db()
     return system
-
-
-def get_system(org: Organization, system_uuid) -> System:
-    _require_org(org)
-    key = parse_uuid(system_uuid, "system")
-    try:
-        return System.objects.select_related("org", "current_host").get(org=org, uuid=key)
-    except System.DoesNotExist:
-        raise NotFound(f"System {key} does not exist in organization {org.key}.") from None
 
 
 def update_system(org: Organization, system_uuid, name: str | None = None,

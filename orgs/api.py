@@ -17,11 +17,8 @@ from rest_framework.response import Response
 
 from orgs import services
 from orgs.models import ApiToken, Organization
-from sam.api.base import OrgScopedViewSet, check_if_match, etag
+from sam.api.base import OrgScopedViewSet, check_if_match, etag, org_path
 from sam.ids import parse_uuid
-
-ORG_KEY = OpenApiParameter("org_key", str, OpenApiParameter.PATH, description="Organization key.")
-org_path = extend_schema(parameters=[ORG_KEY])
 
 
 class UuidLookupMixin:

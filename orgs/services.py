@@ -33,6 +33,15 @@ SETTINGS = ("name", "autobind_enabled", "hypervisor_autobind_enabled", "unmapped
             "unmapped_lifetime", "content_access_mode")
 
 
+def require_org(org) -> Organization:
+    """``org`` as a saved, existing Organization, or a ValidationError (services' first line)."""
+    if not isinstance(org, Organization) or org.pk is None:
+        raise ValidationError("Unknown organization.", code="unknown_org")
+    if not Organization.objects.filter(pk=org.pk).exists():
+        raise ValidationError(f"Organization {org.key!r} does not exist.", code="unknown_org")
+    return org
+
+
 def get_org(key: str) -> Organization:
     try:
         return Organization.objects.get(key=str(key))
@@ -103,8 +112,7 @@ def set_member_role(org: Organization, username: str, role: str,
                     password: str | None = None, create: bool = True) -> AbstractBaseUser:
     """Give ``username`` exactly ``role`` in ``org``; create the user when missing."""
     _role_check(role)
-    if not isinstance(org, Organization) or not Organization.objects.filter(pk=org.pk).exists():
-        raise ValidationError("Unknown organization.", code="unknown_org")
+    require_org(org)
     username = str(username or "").strip()
     if not username or len(username) > 150:
         raise ValidationError("username must be 1-150 characters.", code="invalid")

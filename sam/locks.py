@@ -43,15 +43,6 @@ def xact_lock_many(namespace: int, keys: Iterable[int]) -> None:
         xact_lock(namespace, key)
 
 
-def try_xact_lock(namespace: int, key: int) -> bool:
-    """Take the lock if free; ``False`` means someone else holds it (skip this run)."""
-    if not _is_postgres():
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [namespace, _int4(key)])
-        return bool(cursor.fetchone()[0])
-
-
 def _int4(key: int) -> int:
     # The two-int form takes int4; wrap bigint ids into that range deterministically.
     key = int(key) & 0xFFFFFFFF

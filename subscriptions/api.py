@@ -17,16 +17,13 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, parsers, serializers, status
 from rest_framework.response import Response
 
-from sam.api.base import OrgScopedViewSet, check_if_match, etag
+from sam.api.base import OrgScopedViewSet, check_if_match, etag, org_path
 from subscriptions import importer, services
 from subscriptions import serializers as s
 from subscriptions.models import Entitlement, EntitlementEvent, Pool, Product, Subscription
 
 IF_MATCH = OpenApiParameter("If-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
                             description="The ETag of the version you read; 412 if it changed since.")
-ORG_KEY = OpenApiParameter("org_key", OpenApiTypes.STR, OpenApiParameter.PATH,
-                           description="Organization key.")
-org_path = extend_schema(parameters=[ORG_KEY])
 CONFLICT = OpenApiResponse(description="Refused: `error.reason` is the stable reason key.")
 PRECONDITION = OpenApiResponse(description="If-Match does not name the current version.")
 

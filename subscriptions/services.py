@@ -20,6 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from orgs.models import Organization, System
+from orgs.services import require_org
 from sam import locks
 from sam.errors import EntitlementRefused, NotFound
 from sam.ids import parse_uuid
@@ -39,14 +40,6 @@ MAX_QUANTITY = 10_000_000
 
 
 # --- Products and subscriptions ---------------------------------------------------------------
-
-def _require_org(org) -> Organization:
-    if not isinstance(org, Organization) or org.pk is None:
-        raise ValidationError("Unknown organization.", code="unknown_org")
-    if not Organization.objects.filter(pk=org.pk).exists():
-        raise ValidationError(f"Organization {org.key!r} does not exist.", code="unknown_org")
-    return org
-
 
 def _product(org: Organization, sku: str, field_name: str = "product") -> Product:
     try:
@@ -84,7 +77,7 @@ def clean_attributes(attributes) -> dict[str, str]:
 def create_product(org: Organization, sku: str, name: str, attributes: dict | None = None,
                    provided: Iterable[str] = (), derived: str | None = None) -> Product:
     """Create or update the product ``sku`` of ``org`` (idempotent by sku)."""
-    _require_org(org)
+    require_org(org)
     sku = str(sku or "").strip()
     if not sku or len(sku) > 64:
         raise ValidationError("sku must be 1-64 characters.", code="invalid")
@@ -130,7 +123,7 @@ def create_subscription(org: Organization, product: str, quantity: int,
                         account_number: str = "", order_number: str = "",
                         trigger: str = "subscription") -> Subscription:
     """Create a subscription and its pools; systems that may use them are re-resolved."""
-    _require_org(org)
+    require_org(org)
     _check_quantity(quantity)
     now = timezone.now()
     start = start or now
@@ -156,7 +149,7 @@ def create_subscription(org: Organization, product: str, quantity: int,
 
 
 def get_subscription(org: Organization, subscription_uuid) -> Subscription:
-    _require_org(org)
+    require_org(org)
     key = parse_uuid(subscription_uuid, "subscription")
     try:
         return Subscription.objects.select_related("product").get(org=org, uuid=key)
@@ -367,10 +360,12 @@ def revoke_entitlements(ents: Iterable[Entitlement], reason: str, trigger: str) 
 
 # --- Manual attach / remove -------------------------------------------------------------------
 
-def _system(org: Organization, system_uuid) -> System:
+def get_system(org: Organization, system_uuid) -> System:
+    """A system of ``org`` by its public uuid; NotFound (404) otherwise."""
+    require_org(org)
     key = parse_uuid(system_uuid, "system")
     try:
-        return System.objects.select_related("org").get(org=org, uuid=key)
+        return System.objects.select_related("org", "current_host").get(org=org, uuid=key)
     except System.DoesNotExist:
         raise NotFound(f"System {key} does not exist in organization {org.key}.") from None
 
@@ -385,12 +380,12 @@ def _lock_system(system: System) -> None:
 def attach(org: Organization, system_uuid, pool_uuid, quantity: int = 1,
            trigger: str = "manual") -> Entitlement:
     """Attach a pool to a system by hand; a refused check raises ``EntitlementRefused``."""
-    _require_org(org)
+    require_org(org)
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
         raise ValidationError("quantity must be a positive whole number.", code="invalid_quantity")
     pool_key = parse_uuid(pool_uuid, "pool")
     with transaction.atomic():
-        system = _system(org, system_uuid)
+        system = get_system(org, system_uuid)
         _lock_system(system)
         system = System.objects.select_related("org", "current_host").get(pk=system.pk)
         try:
@@ -412,7 +407,7 @@ def attach(org: Organization, system_uuid, pool_uuid, quantity: int = 1,
 
 def remove_entitlement(org: Organization, entitlement_uuid, trigger: str = "manual") -> None:
     """Remove an entitlement by hand; derived pools it fed go, their guests are re-resolved."""
-    _require_org(org)
+    require_org(org)
     key = parse_uuid(entitlement_uuid, "entitlement")
     with transaction.atomic():
         try:

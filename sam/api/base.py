@@ -6,12 +6,15 @@ admin role gets 403 on writes. Querysets are filtered by that org before anythin
 
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, permissions, viewsets
 
 from orgs.models import Organization
 from orgs.services import has_role_perm
 
 SAFE = permissions.SAFE_METHODS
+ORG_KEY = OpenApiParameter("org_key", str, OpenApiParameter.PATH, description="Organization key.")
+org_path = extend_schema(parameters=[ORG_KEY])  # decorate org-scoped viewsets for the schema
 
 
 class OrgScopedMixin:
