@@ -745,9 +745,12 @@ class Bench:
         if not args.skip_large:
             meta["bodies_bytes"]["large"] = len(self.body("large"))
 
+        wanted = args.only or {"P1", "P2", "P3", "P4", "P5", "P6", "P7"}
+        if wanted & {"P1", "P3", "P4", "P6", "P7"}:
+            wanted.add("P2")
         # P3 floor first, while the server is idle.
         floor = {}
-        if self.db is not None:
+        if self.db is not None and "P3" in wanted:
             log("P3: COPY -> upsert floor on scratch tables")
             floor["standard"] = self.p3_floor("standard", 1 if self.quick else 3)
             if not args.skip_large:
@@ -767,73 +770,80 @@ class Bench:
             item.pop("samples_ms")
 
         # P2 standard: a fresh org per run.
-        p2_runs = [self.p2("standard", f"p2s{i + 1}") for i in range(1 if self.quick else 3)]
-        first = p2_runs[0]
+        p2_runs = [self.p2("standard", f"p2s{i + 1}") for i in range(1 if self.quick else 3)
+                   ] if "P2" in wanted else []
+        first = p2_runs[0] if p2_runs else None
 
         # P4: the same bytes again, same reporter, into the org of the first P2 run.
-        log("P4: identical re-report")
-        p4 = self.p4(first["owner"], first["reporter"], self.body("standard", "p2s1"),
-                     3 if self.quick else 5)
+        p4 = None
+        if "P4" in wanted:
+            log("P4: identical re-report")
+            p4 = self.p4(first["owner"], first["reporter"], self.body("standard", "p2s1"),
+                         3 if self.quick else 5)
 
-        # P1 standard: one org; a warm-up report, then each run a different 1 % of guests shut off.
-        p1_reporter = self.reporter("p1")
-        base = self.report("standard", "p1")
-        warm = self.checkin(p1_owner, self.body("standard", "p1"), p1_reporter)
-        p1_samples, p1_apply = [], []
-        runs = 5 if self.quick else args.p1_runs
-        log(f"P1: {runs} accepts of the standard report (a different 1 % of guests changed each run)")
-        for i in range(runs):
-            body = gen.encode(gen.with_flipped_guests(base, i + 1))
-            figures = self.checkin(p1_owner, body, p1_reporter)
-            if figures["answer_state"] != "CREATED":
-                raise BenchError(f"P1 run {i}: answer state {figures['answer_state']} (deduplicated?)")
-            p1_samples.append(figures["accept_ms"] / 1000)
-            p1_apply.append(figures["finished_after_accept_s"])
-        p1 = {"standard": summary_ms(p1_samples), "standard_warmup": warm,
-              "standard_change_apply_s": {"p50": rnd(statistics.median(p1_apply)), "max": rnd(max(p1_apply))}}
-        log(f"P1 standard: p50 {p1['standard']['p50_ms']} ms, p99 {p1['standard']['p99_ms']} ms")
+        p1 = p2_large = p6 = p7 = None
+        if wanted & {"P1", "P6", "P7"}:
+            # P1 standard: one org; a warm-up report, then each run a different 1 % of guests shut off.
+            p1_reporter = self.reporter("p1")
+            base = self.report("standard", "p1")
+            warm = self.checkin(p1_owner, self.body("standard", "p1"), p1_reporter)
+            p1_samples, p1_apply = [], []
+            runs = 5 if self.quick else args.p1_runs
+            log(f"P1: {runs} accepts of the standard report (a different 1 % of guests changed each run)")
+            for i in range(runs):
+                body = gen.encode(gen.with_flipped_guests(base, i + 1))
+                figures = self.checkin(p1_owner, body, p1_reporter)
+                if figures["answer_state"] != "CREATED":
+                    raise BenchError(f"P1 run {i}: answer state {figures['answer_state']} (deduplicated?)")
+                p1_samples.append(figures["accept_ms"] / 1000)
+                p1_apply.append(figures["finished_after_accept_s"])
+            p1 = {"standard": summary_ms(p1_samples), "standard_warmup": warm,
+                  "standard_change_apply_s": {"p50": rnd(statistics.median(p1_apply)),
+                                              "max": rnd(max(p1_apply))}}
+            log(f"P1 standard: p50 {p1['standard']['p50_ms']} ms, p99 {p1['standard']['p99_ms']} ms")
 
-        # Large: P2 (+ P7 memory), P6 heartbeats, more P1 samples.
-        p2_large = p6 = p7 = None
-        heart_std = self.heartbeats(first["owner"], first["reporter"], 3 if self.quick else 5)
-        if not args.skip_large:
-            rss = RssWatch(find_workers(args.worker_pid)[0])
-            before = rss.hwm()
-            rss.reset()
-            p2_large = self.p2("large", "p2l", tick=rss.sample)
-            rss.sample()
-            after = rss.hwm()
-            peaks = [v for v in after.values() if v]
-            p7 = {"peak_rss_mb": round(max(peaks) / 1024, 1) if peaks else None,
-                  "sampled_peak_rss_mb": round(rss.sampled_peak_kb / 1024, 1),
-                  "vmhwm_reset_before_run": rss.reset_ok,
-                  "per_process_vmhwm_mb_before": {p: round(v / 1024, 1) for p, v in before.items() if v},
-                  "per_process_vmhwm_mb_after": {p: round(v / 1024, 1) for p, v in after.items() if v},
-                  "sum_vmhwm_mb": round(sum(peaks) / 1024, 1)}
-            log(f"P7: peak worker RSS {p7['peak_rss_mb']} MB")
-            log("P6: heartbeats, 1,000 vs 17,000 hypervisors")
-            heart_large = self.heartbeats(p2_large["owner"], p2_large["reporter"], 3 if self.quick else 5)
-            p6 = {"standard": heart_std, "large": heart_large}
-            large_samples = [p2_large["accept_ms"] / 1000]
-            large_apply = []
-            large_base = self.report("large", "p2l")
-            last_body = None
-            for i in range(2):
-                last_body = gen.encode(gen.with_flipped_guests(large_base, 100 + i))
-                figures = self.checkin(p2_large["owner"], last_body, p2_large["reporter"])
-                large_samples.append(figures["accept_ms"] / 1000)
-                large_apply.append(figures["finished_after_accept_s"])
-            p1["large"] = summary_ms(large_samples)
-            p1["large"]["note"] = ("first sample into the empty org (the P2 run), then two "
-                                   "1 %-changed re-reports")
-            p1["large_change_apply_s"] = large_apply
-            log("P4 (info): identical large re-report")
-            p4["large_info"] = self.p4(p2_large["owner"], p2_large["reporter"], last_body, 3)
-        else:
-            p6 = {"standard": heart_std}
+            # Large: P2 (+ P7 memory), P6 heartbeats, more P1 samples.
+            heart_std = self.heartbeats(first["owner"], first["reporter"], 3 if self.quick else 5)
+            if not args.skip_large:
+                rss = RssWatch(find_workers(args.worker_pid)[0])
+                before = rss.hwm()
+                rss.reset()
+                p2_large = self.p2("large", "p2l", tick=rss.sample)
+                rss.sample()
+                after = rss.hwm()
+                peaks = [v for v in after.values() if v]
+                p7 = {"peak_rss_mb": round(max(peaks) / 1024, 1) if peaks else None,
+                      "sampled_peak_rss_mb": round(rss.sampled_peak_kb / 1024, 1),
+                      "vmhwm_reset_before_run": rss.reset_ok,
+                      "per_process_vmhwm_mb_before": {p: round(v / 1024, 1) for p, v in before.items() if v},
+                      "per_process_vmhwm_mb_after": {p: round(v / 1024, 1) for p, v in after.items() if v},
+                      "sum_vmhwm_mb": round(sum(peaks) / 1024, 1)}
+                log(f"P7: peak worker RSS {p7['peak_rss_mb']} MB")
+                log("P6: heartbeats, 1,000 vs 17,000 hypervisors")
+                heart_large = self.heartbeats(p2_large["owner"], p2_large["reporter"], 3 if self.quick else 5)
+                p6 = {"standard": heart_std, "large": heart_large}
+                large_samples = [p2_large["accept_ms"] / 1000]
+                large_apply = []
+                large_base = self.report("large", "p2l")
+                last_body = None
+                for i in range(2):
+                    last_body = gen.encode(gen.with_flipped_guests(large_base, 100 + i))
+                    figures = self.checkin(p2_large["owner"], last_body, p2_large["reporter"])
+                    large_samples.append(figures["accept_ms"] / 1000)
+                    large_apply.append(figures["finished_after_accept_s"])
+                p1["large"] = summary_ms(large_samples)
+                p1["large"]["note"] = ("first sample into the empty org (the P2 run), then two "
+                                       "1 %-changed re-reports")
+                p1["large_change_apply_s"] = large_apply
+                log("P4 (info): identical large re-report")
+                p4["large_info"] = self.p4(p2_large["owner"], p2_large["reporter"], last_body, 3)
+            else:
+                p6 = {"standard": heart_std}
 
         p5 = None
-        if self.dj is not None and self.db is not None:
+        if "P5" not in wanted:
+            pass
+        elif self.dj is not None and self.db is not None:
             p5 = self.p5()
         else:
             self.notes.append("P5 needs --setup-django and DATABASE_URL: skipped.")
@@ -861,12 +871,40 @@ class Bench:
                 partial.add(key)
             return all(known)
 
+        if p1 is None:
+            out["P1"] = {"target": t["P1"], "figures": None, "met": None}
+        else:
+            self._assess_p1(out, p1, met)
+        if not p2_runs:
+            for key in ("P2", "P3", "P4", "P6", "P7"):
+                out[key] = {"target": t[key], "figures": None, "met": None}
+            out["P5"] = self._assess_p5(p5)
+            out["summary"] = {k: out[k]["met"] for k in ("P1", "P2", "P3", "P4", "P5", "P6", "P7")}
+            return out
+        self._assess_rest(out, p2_runs, p2_large, floor, p4, p5, p6, p7, met)
+        for key in partial:
+            out[key]["partial"] = True
+        out["summary"] = {k: out[k]["met"] for k in ("P1", "P2", "P3", "P4", "P5", "P6", "P7")}
+        return out
+
+    def _assess_p5(self, p5) -> dict:
+        t = TARGETS
+        if p5 is None:
+            return {"target": t["P5"], "figures": None, "met": None}
+        seconds = p5["all_reentitled_after_accept_s"]
+        return {"target": t["P5"], "figures": p5,
+                "met": seconds is not None and seconds <= t["P5"]["seconds"]}
+
+    def _assess_p1(self, out, p1, met) -> None:
+        t = TARGETS
         large_p50 = p1.get("large", {}).get("p50_ms")
         out["P1"] = {"target": t["P1"], "figures": p1, "met": met(
             p1["standard"]["p50_ms"] <= t["P1"]["standard_p50_ms"],
             p1["standard"]["p99_ms"] <= t["P1"]["standard_p99_ms"],
             None if large_p50 is None else large_p50 <= t["P1"]["large_p50_ms"], key="P1")}
 
+    def _assess_rest(self, out, p2_runs, p2_large, floor, p4, p5, p6, p7, met) -> None:
+        t = TARGETS
         std_s = statistics.median(r["finished_after_accept_s"] for r in p2_runs)
         large_s = p2_large["finished_after_accept_s"] if p2_large else None
         out["P2"] = {"target": t["P2"], "figures": {
@@ -889,6 +927,8 @@ class Bench:
         else:
             out["P3"] = {"target": t["P3"], "figures": None, "met": None}
 
+        if p4 is None:
+            p4 = {"answer": {"p50_ms": None}, "deduplicated": None}
         rows = p4.get("rows")
         rewritten = None
         if rows is not None:
@@ -899,16 +939,15 @@ class Bench:
                 "rows physically rewritten only for last_checkin (the API spec requires the check-in "
                 "time) are shown in hypervisor_rows_rewritten_xmin")
         out["P4"] = {"target": t["P4"], "figures": p4, "met": met(
-            p4["answer"]["p50_ms"] <= t["P4"]["answer_ms"], p4["deduplicated"],
+            None if p4["answer"]["p50_ms"] is None else p4["answer"]["p50_ms"] <= t["P4"]["answer_ms"],
+            p4["deduplicated"],
             None if rewritten is None else rewritten == 0, key="P4")}
 
-        if p5 is not None:
-            seconds = p5["all_reentitled_after_accept_s"]
-            out["P5"] = {"target": t["P5"], "figures": p5,
-                         "met": seconds is not None and seconds <= t["P5"]["seconds"]}
-        else:
-            out["P5"] = {"target": t["P5"], "figures": None, "met": None}
-
+        out["P5"] = self._assess_p5(p5)
+        if p6 is None:
+            out["P6"] = {"target": t["P6"], "figures": None, "met": None}
+            out["P7"] = {"target": t["P7"], "figures": None, "met": None}
+            return
         large = p6.get("large")
         const = None
         if large is not None and "statements" in large:
@@ -923,10 +962,6 @@ class Bench:
 
         out["P7"] = {"target": t["P7"], "figures": p7, "met": None if not p7 or p7["peak_rss_mb"] is None
                      else p7["peak_rss_mb"] <= t["P7"]["peak_rss_mb"]}
-        for key in partial:
-            out[key]["partial"] = True
-        out["summary"] = {k: out[k]["met"] for k in ("P1", "P2", "P3", "P4", "P5", "P6", "P7")}
-        return out
 
 
 def parse_args(argv=None):
@@ -956,6 +991,9 @@ def parse_args(argv=None):
     parser.add_argument("--p5-timeout", type=float, default=120.0)
     parser.add_argument("--p5-setup-timeout", type=float, default=600.0)
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--only", type=lambda v: {x.strip().upper() for x in v.split(",") if x.strip()},
+                        help="measure only these, e.g. P2,P3 or P5 (P3 implies P2; P1, P4, P6 and "
+                             "P7 need P2's org); a short run on a shared machine")
     args = parser.parse_args(argv)
     if args.owner and not args.password:
         parser.error("--owner needs --user and --password of a reporter of that org")

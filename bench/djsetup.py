@@ -47,13 +47,13 @@ def create_org(key: str, user: str, password: str) -> None:
     verification (hundreds of ms) inside the next measured request."""
     from django.contrib.auth import get_user_model
 
+    from orgs.services import OPERATOR, set_member_role
     from orgs.services import create_org as make
-    from orgs.services import set_member_role
 
     org = make(key, f"sam bench {key}")
     existing = get_user_model().objects.filter(username=user).first()
     keep = existing is not None and existing.check_password(password)
-    set_member_role(org, user, "reporter", password=None if keep else password)
+    set_member_role(org, user, "reporter", password=None if keep else password, actor=OPERATOR)
 
 
 def queue_idle(timeout: float) -> float:
@@ -67,12 +67,14 @@ def queue_idle(timeout: float) -> float:
     start = time.perf_counter()
     quiet = 0
     while True:
+        waiting = 0
         with app.connection_for_write() as conn:
-            try:
-                waiting = conn.default_channel.queue_declare(
-                    queue=settings.CELERY_TASK_DEFAULT_QUEUE, passive=True).message_count
-            except ChannelError:  # Redis: an empty queue is no key at all
-                waiting = 0
+            for queue in settings.SAM_QUEUES:  # reports, resolution and the rest
+                try:
+                    waiting += conn.default_channel.queue_declare(
+                        queue=queue, passive=True).message_count
+                except ChannelError:  # Redis: an empty queue is no key at all
+                    pass
         busy = 0
         if waiting == 0:
             inspect = app.control.inspect(timeout=1.0)

@@ -11,6 +11,9 @@ outer transaction, so the COMMIT (where PostgreSQL runs the deferred foreign-key
 Django's constraints) is timed on its own. Statements are timed with Django's
 ``execute_wrapper``; COPY goes through the raw psycopg cursor, so it is the remainder.
 
+``--move N``: also P5's move report (5 % of the guests, N registered guests among them) into a
+fresh org whose statistics are stale, as on the server right after the org's first report.
+
 ``--resolve-org KEY``: also time ``resolve_system`` of registered guests of that org (e.g. the
 P5 org of a checkin.py run): statements and seconds per guest.
 """
@@ -99,6 +102,55 @@ def apply_as_worker(org, body: bytes) -> dict:
             "statements": len(timer.rows), "top": timer.top(6)}
 
 
+def profile_move(body: bytes, report: dict, registered: int, seed: int) -> dict:
+    """P5's report in-process: the standard report into a fresh org, ``registered`` guests
+    written in bulk (as registration leaves them: current host set, no resolution), then 5 %
+    of the guests moved (all registered ones among them), every statement timed. Nothing is
+    ANALYZEd in between, as on a server where autovacuum has not caught up yet."""
+    import random
+    import secrets as _secrets
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from hypervisors import ingest
+    from orgs.models import System
+    from orgs.services import create_org
+
+    org = create_org(f"prof-move-{_secrets.token_hex(3)}", "profile move")
+    ingest.apply_entries(org, ingest.parse_entries(json.loads(body)), reporter_id="move")
+    hosts = report["hypervisors"]
+    slots = [(h, g) for h in range(len(hosts)) for g in range(len(hosts[h]["guestIds"]))]
+    chosen = slots[:registered]  # the first guests of the first hosts
+    now = timezone.now()
+    rows = []
+    for n, (h, g) in enumerate(chosen):
+        facts = {"virt.is_guest": "true", "virt.uuid": hosts[h]["guestIds"][g]["guestId"]}
+        rows.append(System(org=org, name=f"vm{n:05d}", facts=facts, installed_products=[],
+                           registered_at=now, last_checkin=now, **ingest.identity(facts)))
+    System.objects.bulk_create(rows)
+    ids = list(System.objects.filter(org=org, is_guest=True).values_list("id", flat=True))
+    ingest.refresh_current_hosts_of(org, ids, now)
+    rng = random.Random(f"sam-bench:move:{seed}")
+    extra = rng.sample([s for s in slots if s not in set(chosen)],
+                       max(0, round(len(slots) * 0.05) - len(chosen)))
+    moves = []
+    for h, g in chosen + extra:
+        dst = rng.randrange(len(hosts) - 1)
+        moves.append((h, g, dst + 1 if dst >= h else dst))
+    moved = gen.with_moves(report, moves)
+    timer = Timer()
+    with connection.execute_wrapper(timer):
+        start = time.perf_counter()
+        applied = ingest.apply_entries(org, ingest.parse_entries(moved), reporter_id="move")
+        total = time.perf_counter() - start
+    return {"how": "P5's move report in-process (fresh org, stale statistics)",
+            "moved_guests": len(moves), "registered_guests": len(ids),
+            "resolved": len(applied.resolved), "moved_in_diff": len(applied.moved),
+            "total_s": round(total, 3), "statements": len(timer.rows),
+            "statements_s": round(sum(sec for sec, _ in timer.rows), 3), "top": timer.top(8)}
+
+
 def profile_resolution(org_key: str, count: int) -> dict:
     from django.db import connection
 
@@ -131,6 +183,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--resolve-org", help="org whose registered guests to resolve (no change)")
     parser.add_argument("--resolve-count", type=int, default=50)
+    parser.add_argument("--move", type=int, default=0, metavar="N",
+                        help="also P5's move report with N registered guests among the moved")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="apply that many times each way (deferred / immediate), alternating")
     args = parser.parse_args()
     if "sambench" not in os.environ.get("DATABASE_URL", ""):
         parser.error("set DATABASE_URL to a sambench* database: this creates orgs in it")
@@ -141,13 +197,17 @@ def main() -> int:
     django.setup()
     from orgs.services import create_org
 
-    body = gen.encode(gen.make_report(args.hypervisors, args.guests, args.seed))
+    report = gen.make_report(args.hypervisors, args.guests, args.seed)
+    body = gen.encode(report)
     out: dict = {"hypervisors": args.hypervisors, "guests": args.hypervisors * args.guests,
                  "body_bytes": len(body), "runs": []}
-    for deferred in (True, False):
-        org = create_org(f"prof-{secrets.token_hex(3)}", "profile")
-        out["runs"].append(apply_once(org, body, deferred))
+    for _ in range(args.repeat):
+        for deferred in (True, False):
+            org = create_org(f"prof-{secrets.token_hex(3)}", "profile")
+            out["runs"].append(apply_once(org, body, deferred))
     out["runs"].append(apply_as_worker(create_org(f"prof-{secrets.token_hex(3)}", "profile"), body))
+    if args.move:
+        out["move"] = profile_move(body, report, args.move, args.seed)
     if args.resolve_org:
         out["resolution"] = profile_resolution(args.resolve_org, args.resolve_count)
     print(json.dumps(out, indent=2))

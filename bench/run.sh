@@ -9,6 +9,8 @@
 #   BENCH_REDIS_URL [redis://127.0.0.1:6379/12]                   flushed!
 #   BENCH_PORT     [8443 with `manage.py serve`, else 8000; the next free port if taken]
 #   BENCH_OUT      [var/bench/result-<time>.json]
+#   BENCH_EXPLAIN_MS  [unset]  log the plan of every statement slower than this many ms
+#                     (auto_explain, set on the bench database only) to PostgreSQL's log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -62,10 +64,18 @@ PY
 echo "bench/run.sh: fresh database $db_name, Redis ${REDIS_URL}" >&2
 psql -q "$admin_url" -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" \
     -c "CREATE DATABASE \"$db_name\"" >/dev/null
+if [[ -n ${BENCH_EXPLAIN_MS:-} ]]; then
+    psql -q "$admin_url" -v ON_ERROR_STOP=1 \
+        -c "ALTER DATABASE \"$db_name\" SET session_preload_libraries = 'auto_explain'" \
+        -c "ALTER DATABASE \"$db_name\" SET auto_explain.log_min_duration = ${BENCH_EXPLAIN_MS}" \
+        -c "ALTER DATABASE \"$db_name\" SET auto_explain.log_analyze = on" \
+        -c "ALTER DATABASE \"$db_name\" SET auto_explain.log_nested_statements = on" \
+        -c "ALTER DATABASE \"$db_name\" SET log_lock_waits = on" >/dev/null
+fi
 "$PY" -c 'import os, redis; redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()'
 "$PY" manage.py migrate --noinput >"$LOG/migrate.log" 2>&1 || { cat "$LOG/migrate.log" >&2; exit 1; }
 
-"$VENV/bin/celery" -A sam worker --concurrency 2 --pool prefork -Q "$SAM_CELERY_QUEUE" -l WARNING \
+"$VENV/bin/celery" -A sam worker --concurrency 2 --pool prefork -l WARNING \
     --without-gossip --without-mingle --hostname "sambench@%h" >"$LOG/celery.log" 2>&1 &
 celery_pid=$!
 pids+=("$celery_pid")

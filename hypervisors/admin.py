@@ -13,9 +13,8 @@ from django.utils.html import format_html, format_html_join
 
 from hypervisors import services
 from hypervisors.models import GuestHostInterval, GuestId, Report
-from orgs.admin import ReadOnlyAdminMixin, ReadOnlyInline, SamAdmin, UUIDSearchMixin, changelist_link
-from orgs.models import System
-from subscriptions.admin import SystemEntitlementInline
+from orgs.models import ConsumerIdentity, System, SystemEvent
+from sam.admin import ReadOnlyAdminMixin, ReadOnlyInline, SamAdmin, UUIDSearchMixin, changelist_link
 from subscriptions.explain import explain
 from subscriptions.models import Entitlement
 from subscriptions.services import compliance_for, enqueue_resolution
@@ -27,6 +26,22 @@ class GuestIdInline(ReadOnlyInline):
     model = GuestId
     fk_name = "host"
     fields = ("guest_uuid", "attributes", "updated", "created")
+
+
+class SystemEntitlementInline(ReadOnlyInline):
+    """What a system consumes (shown on the System page)."""
+
+    model = Entitlement
+    fk_name = "system"
+    fields = ("pool", "subscription", "quantity", "start", "end", "created")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related(
+            "pool__product", "pool__subscription__product")
+
+    @admin.display(description="Subscription")
+    def subscription(self, obj: Entitlement) -> str:
+        return str(obj.pool.subscription)
 
 
 @admin.register(System)
@@ -51,14 +66,16 @@ class SystemAdmin(UUIDSearchMixin, SamAdmin):
         ("Host and guests", {"fields": (
             "is_guest", "current_host", "host_unknown_since", "guests_link", "reported_guests_link",
             "virt_uuid", "virt_uuid_swapped", "dmi_uuid", "hypervisor_id", "reporter_id")}),
-        ("Registration", {"fields": ("registered_at", "last_checkin", "updated",
+        ("Registration", {"fields": ("registered_at", "last_checkin", "identity_summary",
+                                     "events_summary", "updated",
                                      "installed_products", "facts")}),
     )
     readonly_fields = (
         "uuid", "org", "type", "compliance", "coverage", "entitlements_link", "is_guest",
         "current_host", "host_unknown_since", "guests_link", "reported_guests_link", "virt_uuid",
         "virt_uuid_swapped", "dmi_uuid", "hypervisor_id", "reporter_id", "registered_at",
-        "last_checkin", "updated", "installed_products", "facts",
+        "last_checkin", "identity_summary", "events_summary", "updated", "installed_products",
+        "facts",
     )
 
     def get_queryset(self, request):
@@ -66,6 +83,24 @@ class SystemAdmin(UUIDSearchMixin, SamAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.display(description="subscription-manager identity")
+    def identity_summary(self, obj: System) -> str:
+        identity = ConsumerIdentity.objects.filter(system=obj).first()
+        if identity is None:
+            return "— (registered through the API or virt-who)"
+        return format_html("{} by {}; certificate serial {} valid until {:%Y-%m-%d}",
+                           identity.get_registered_via_display(), identity.registered_by or "?",
+                           identity.serial, identity.not_after)
+
+    @admin.display(description="Events (possible clones, unusable key pools)")
+    def events_summary(self, obj: System) -> str:
+        events = list(SystemEvent.objects.filter(system=obj)[:10])
+        if not events:
+            return "—"
+        return format_html("<ul>{}</ul>", format_html_join(
+            "", "<li>{} <code>{}</code> {}</li>",
+            ((f"{e.created:%Y-%m-%d %H:%M}", e.kind, e.message) for e in events)))
 
     @admin.display(description="Compliance")
     def compliance(self, obj: System) -> str:
@@ -116,11 +151,11 @@ class SystemAdmin(UUIDSearchMixin, SamAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request, obj: System) -> None:
-        services.delete_system(obj.org, obj.uuid)
+        services.delete_system(obj.org, obj.uuid, deleted_by=request.user.get_username())
 
     def delete_queryset(self, request, queryset) -> None:
         for system in queryset.select_related("org"):
-            services.delete_system(system.org, system.uuid)
+            services.delete_system(system.org, system.uuid, deleted_by=request.user.get_username())
 
     def get_deleted_objects(self, objs, request):
         # Entitlements, derived pools and guest-id rows are read-only in the admin; the service

@@ -9,25 +9,22 @@ page.
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from hypervisors import services
+from hypervisors.filters import HypervisorFilter, SystemFilter
 from hypervisors.models import GuestHostInterval, GuestId, Report
-from orgs.api import UuidLookupMixin, org_path
+from hypervisors.queries import DETAIL_GUESTS, HISTORY_LENGTH, attach_registered, guests_of, per_host_count
+from orgs import content_access
 from orgs.models import System
-from sam.api.base import OrgScopedViewSet, check_if_match, etag
+from sam.api.base import OrgScopedViewSet, UuidLookupMixin, check_if_match, etag, org_path
 from sam.api.pagination import IdCursor
 from subscriptions.explain import explain
-from subscriptions.models import Entitlement
+from subscriptions.models import Entitlement, EntitlementCertificate
 from subscriptions.services import compliance_for
-
-HISTORY_LENGTH = 20
-DETAIL_GUESTS = 100
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -47,14 +44,26 @@ class SystemSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class CertificateBriefSerializer(serializers.ModelSerializer):
+    """The entitlement certificate a registered system downloads (subscription-manager)."""
+
+    class Meta:
+        model = EntitlementCertificate
+        fields = ["serial", "start", "end", "issued"]
+        read_only_fields = fields
+
+
 class EntitlementRowSerializer(serializers.ModelSerializer):
     pool = serializers.UUIDField(source="pool.uuid", read_only=True)
     pool_type = serializers.CharField(source="pool.type", read_only=True)
     product = serializers.CharField(source="pool.product.sku", read_only=True)
+    certificate = CertificateBriefSerializer(read_only=True, allow_null=True,
+                                             help_text="null for systems without an identity "
+                                                       "(virt-who hypervisors, API registrations)")
 
     class Meta:
         model = Entitlement
-        fields = ["uuid", "pool", "pool_type", "product", "quantity", "start", "end"]
+        fields = ["uuid", "pool", "pool_type", "product", "quantity", "start", "end", "certificate"]
         read_only_fields = fields
 
 
@@ -93,6 +102,9 @@ class IntervalSerializer(serializers.ModelSerializer):
 
 
 class SystemDetailSerializer(SystemSerializer):
+    content_access = serializers.SerializerMethodField(
+        help_text="What subscription-manager is shown: entitlement or sca (orgs.content_access); "
+                  "coverage is accounted either way")
     compliance = ComplianceSerializer(source="api_compliance", read_only=True)
     explanation = ExplanationSerializer(source="api_explanation", many=True, read_only=True)
     entitlements = EntitlementRowSerializer(source="api_entitlements", many=True, read_only=True)
@@ -100,9 +112,13 @@ class SystemDetailSerializer(SystemSerializer):
 
     class Meta(SystemSerializer.Meta):
         fields = [*SystemSerializer.Meta.fields, "facts", "installed_products", "autoheal",
-                  "virt_uuid", "reporter_id", "updated", "compliance", "explanation",
-                  "entitlements", "host_timeline"]
+                  "virt_uuid", "reporter_id", "updated", "content_access", "client_version",
+                  "compliance", "explanation", "entitlements", "host_timeline"]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=["entitlement", "sca"]))
+    def get_content_access(self, system: System) -> str:
+        return content_access.presented(system)
 
 
 class SystemWriteSerializer(serializers.Serializer):
@@ -166,6 +182,9 @@ class ReportSerializer(serializers.ModelSerializer):
 
 
 class ReportDetailSerializer(ReportSerializer):
+    error = serializers.CharField(source="client_error", read_only=True,
+                                  help_text="Why the job failed, with a log reference.")
+
     class Meta(ReportSerializer.Meta):
         fields = [*ReportSerializer.Meta.fields, "origin", "payload_hash", "payload_size",
                   "create_missing", "attempts", "error", "result", "diff"]
@@ -188,49 +207,11 @@ class HypervisorDetailSerializer(HypervisorSerializer):
 # --- Helpers ----------------------------------------------------------------------------------
 
 def entitlement_rows(system: System):
-    return (Entitlement.objects.filter(system=system).select_related("pool__product")
+    return (Entitlement.objects.filter(system=system).select_related("pool__product", "certificate")
             .order_by("created", "id"))
 
 
-def attach_registered(org, rows: list[GuestId]) -> list[GuestId]:
-    """Set ``registered`` on each guest row: one query for the whole page (both byte orders)."""
-    uuids = {row.guest_uuid for row in rows}
-    found: dict[str, System] = {}
-    if uuids:
-        for system in System.objects.filter(org=org).filter(
-                Q(virt_uuid__in=uuids) | Q(virt_uuid_swapped__in=uuids)).only(
-                "uuid", "name", "virt_uuid", "virt_uuid_swapped").order_by("id"):
-            found.setdefault(system.virt_uuid, system)
-            if system.virt_uuid_swapped:
-                found.setdefault(system.virt_uuid_swapped, system)
-    for row in rows:
-        row.registered = found.get(row.guest_uuid)
-    return rows
-
-
-def guests_of(host: System):
-    others = GuestId.objects.filter(org_id=host.org_id, guest_uuid=OuterRef("guest_uuid")).exclude(
-        host_id=host.id)
-    return GuestId.objects.filter(host=host).annotate(conflict=Exists(others))
-
-
 # --- Systems ----------------------------------------------------------------------------------
-
-class SystemFilter(django_filters.FilterSet):
-    type = django_filters.ChoiceFilter(choices=System.Type.choices)
-    is_guest = django_filters.BooleanFilter()
-    name = django_filters.CharFilter(lookup_expr="icontains")
-    hypervisor_id = django_filters.CharFilter(method="filter_lower")
-    has_host = django_filters.BooleanFilter(field_name="current_host", lookup_expr="isnull",
-                                            exclude=True, label="Has a known current host")
-
-    class Meta:
-        model = System
-        fields = ["type", "is_guest", "name", "hypervisor_id", "has_host"]
-
-    def filter_lower(self, queryset, name, value):
-        return queryset.filter(**{name: value.strip().lower()})
-
 
 @org_path
 class SystemViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):
@@ -286,39 +267,13 @@ class SystemViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveModel
 
 # --- Hypervisors ------------------------------------------------------------------------------
 
-class HypervisorFilter(django_filters.FilterSet):
-    name = django_filters.CharFilter(lookup_expr="icontains")
-    hypervisor_id = django_filters.CharFilter(method="filter_lower")
-    reporter_id = django_filters.CharFilter()
-    cluster = django_filters.CharFilter(method="filter_fact", label="Fact hypervisor.cluster")
-    hypervisor_type = django_filters.CharFilter(method="filter_fact", label="Fact hypervisor.type")
-
-    class Meta:
-        model = System
-        fields = ["name", "hypervisor_id", "reporter_id", "cluster", "hypervisor_type"]
-
-    FACTS = {"cluster": "hypervisor.cluster", "hypervisor_type": "hypervisor.type"}
-
-    def filter_lower(self, queryset, name, value):
-        return queryset.filter(**{name: value.strip().lower()})
-
-    def filter_fact(self, queryset, name, value):
-        # jsonb containment (facts are strings): exact match on one fact.
-        return queryset.filter(facts__contains={self.FACTS[name]: value})
-
-
-def _count(queryset, field: str):
-    per_host = queryset.filter(**{field: OuterRef("pk")}).order_by().values(field).annotate(
-        n=Count("*")).values("n")
-    return Coalesce(Subquery(per_host, output_field=IntegerField()), 0)
-
-
 @org_path
 class HypervisorViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                         OrgScopedViewSet):
-    """Systems with a hypervisor id: reported guests (registered or not), reporter, history."""
+    """Hypervisors (systems virt-who reported): reported guests (registered or not), reporter,
+    history."""
 
-    queryset = System.objects.filter(hypervisor_id__isnull=False)
+    queryset = System.objects.hypervisors()
     serializer_class = HypervisorSerializer
     filterset_class = HypervisorFilter
     ordering_fields = ["id", "name", "hypervisor_id", "last_checkin", "guest_count"]
@@ -326,8 +281,8 @@ class HypervisorViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveM
 
     def get_queryset(self):
         return super().get_queryset().annotate(
-            guest_count=_count(GuestId.objects.all(), "host"),
-            registered_guest_count=_count(System.objects.all(), "current_host"),
+            guest_count=per_host_count(GuestId.objects.all(), "host"),
+            registered_guest_count=per_host_count(System.objects.all(), "current_host"),
         )
 
     def get_serializer_class(self):
@@ -339,10 +294,7 @@ class HypervisorViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveM
         host = self.get_object()
         host.api_entitlements = entitlement_rows(host)
         host.api_guests = attach_registered(self.org, list(guests_of(host)[:DETAIL_GUESTS]))
-        touched = GuestHostInterval.objects.filter(host=host, report__isnull=False).values("report_id")
-        host.api_history = (Report.objects.filter(org=self.org).filter(
-            Q(id__in=touched) | Q(diff__hypervisors__created__contains=[host.name])
-            | Q(diff__hypervisors__updated__contains=[host.name]))
+        host.api_history = (Report.objects.touching(host)
             .select_related("superseded_by").defer("payload", "superseded_by__payload")
             .order_by("-created", "-id")
             [:HISTORY_LENGTH])

@@ -9,27 +9,6 @@ from hypervisors.models import Report
 BLANK = [("", "any")]
 
 
-class HypervisorFilterForm(forms.Form):
-    q = forms.CharField(label="Search name or hypervisor id", required=False, max_length=255)
-    cluster = forms.CharField(label="Cluster", required=False, max_length=255)
-    reporter = forms.CharField(label="Reporter", required=False, max_length=255)
-    type = forms.CharField(label="Hypervisor type", required=False, max_length=64)
-    subscribed = forms.ChoiceField(
-        label="Subscription", required=False,
-        choices=BLANK + [("yes", "with a subscription"), ("no", "without a subscription")])
-
-
-class SystemFilterForm(forms.Form):
-    q = forms.CharField(label="Search name", required=False, max_length=255)
-    coverage = forms.ChoiceField(
-        label="Coverage", required=False,
-        choices=BLANK + [("covered", "covered"), ("temporary", "temporarily covered"),
-                         ("uncovered", "not covered")])
-    type = forms.ChoiceField(
-        label="Type", required=False,
-        choices=BLANK + [("physical", "physical"), ("guest", "guest"), ("hypervisor", "hypervisor")])
-
-
 class ReportFilterForm(forms.Form):
     state = forms.ChoiceField(label="State", required=False, choices=BLANK + list(Report.State.choices))
     reporter = forms.CharField(label="Reporter", required=False, max_length=255)
@@ -48,4 +27,5 @@ class AttachForm(forms.Form):
 def pool_label(pool) -> str:
     sub = pool.subscription
     used = "unlimited" if pool.quantity == -1 else f"{pool.consumed} of {pool.quantity} used"
-    return f"{sub.product.sku} — {sub.product.name} ({used}, ends {pool.end:%Y-%m-%d})"
+    contract = f"contract {sub.contract_number}, " if sub.contract_number else ""
+    return f"{sub.product.sku} — {sub.product.name} ({contract}{used}, ends {pool.end:%Y-%m-%d})"

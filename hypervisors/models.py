@@ -76,6 +76,25 @@ class GuestHostInterval(models.Model):
         return f"{self.guest_uuid} on {self.host_name} from {self.started}"
 
 
+class ReportQuerySet(models.QuerySet):
+    def touching(self, host: System):
+        """Reports that created or updated ``host`` or moved a guest onto it: the hypervisor's
+        history. The diff keeps host names in JSON arrays; a portable text match of the quoted
+        name (as PostgreSQL and SQLite print it) stands for array containment."""
+        import json
+
+        from django.db.models.fields.json import KT
+
+        touched = GuestHostInterval.objects.filter(host=host, report__isnull=False).values("report_id")
+        match = Q(id__in=touched)
+        for needle in {json.dumps(host.name), json.dumps(host.name, ensure_ascii=False)}:
+            match |= Q(created_text__contains=needle) | Q(updated_text__contains=needle)
+        return (self.filter(org_id=host.org_id)
+                .alias(created_text=KT("diff__hypervisors__created"),
+                       updated_text=KT("diff__hypervisors__updated"))
+                .filter(match))
+
+
 class Report(models.Model):
     """One virt-who upload and its processing job (Candlepin ``HypervisorUpdateJob``).
 
@@ -84,7 +103,10 @@ class Report(models.Model):
     """
 
     class State(models.TextChoices):
-        # Only these six words: virt-who reads any other state as a failure.
+        # Only these six words: virt-who reads any other state as a failure. sam's own path:
+        # CREATED (accepted) → RUNNING (claimed by a worker, committed) → FINISHED or FAILED
+        # (hypervisors/reports.py apply_report). WAITING and CANCELED are Candlepin's words,
+        # kept valid on the wire and in the check constraint, never set by sam.
         CREATED = "CREATED"
         WAITING = "WAITING"
         RUNNING = "RUNNING"
@@ -118,11 +140,28 @@ class Report(models.Model):
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
                                       related_name="superseded")
     attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Internal error text (operators only; "
+                             "clients see a generic message with its log reference)")
+    # The identical-report shortcut (virt-who-api.md): an applied report stamps the hypervisors
+    # it wrote (System.written_by_report); it may answer an identical report while ``written``
+    # of them still carry its id. A row answering identical reports points at that report.
+    written = models.PositiveIntegerField(null=True, blank=True,
+                                          help_text="hypervisors this report wrote")
+    same_as = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+", help_text="the applied report this one repeats")
+    # Retention (performance.md R10): identical re-reports and heartbeats update a row instead
+    # of adding one.
+    repeats = models.PositiveIntegerField(default=0, help_text="identical reports and "
+                                          "heartbeats answered by this row after the first")
+    last_seen = models.DateTimeField(null=True, blank=True,
+                                     help_text="the last of those repeats")
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+
+    objects = ReportQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created", "-id"]
@@ -141,7 +180,19 @@ class Report(models.Model):
             models.Index(fields=["org", "reporter_id", "kind", "-finished"],
                          name="report_reporter_finished_idx"),
             models.Index(fields=["org", "-created"], name="report_org_created_idx"),
+            # Retention: finished reports whose payload is still stored (a few days' worth).
+            models.Index(fields=["finished"], name="report_payload_finished_idx",
+                         condition=Q(payload__isnull=False)),
         ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.uuid} ({self.state})"
+
+    @property
+    def client_error(self) -> str:
+        """What clients may see of a failure: the job's generic message with its log
+        reference, never the internal ``error`` text (operators read that in the admin)."""
+        if not self.error:
+            return ""
+        message = self.result.get("message") if isinstance(self.result, dict) else None
+        return message or "The report could not be applied because of an internal error."

@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 from django.db import OperationalError
 
 from hypervisors import reports
-from sam import locks
+from sam import locks, metrics
 
 log = logging.getLogger(__name__)
 
 
+@reports.apply_report_task.register
 @shared_task(bind=True, acks_late=True, max_retries=5)
 def apply_report_task(self, report_id: int) -> str:
     """Apply one stored report. Lock or connection trouble retries; anything else is a bug in
     the report or in sam, so the job ends FAILED with the error rather than looping."""
+    start = time.monotonic()
     try:
-        return reports.apply_report(report_id)
+        outcome = reports.apply_report(report_id)
     except OperationalError as exc:
         log.warning("report %s: database trouble, retrying: %s", report_id, exc)
         raise self.retry(countdown=2 ** self.request.retries) from exc
-    except Exception as exc:
-        log.exception("report %s failed", report_id)
-        reports.fail_report(report_id, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - logged in full with a reference by fail_report
+        reports.fail_report(report_id, exc)
         return "failed"
+    if outcome == "applied":
+        metrics.report_applied(time.monotonic() - start)
+    elif outcome == "superseded":
+        metrics.REPORTS_SUPERSEDED.inc()
+    return outcome
 
 
 @shared_task(acks_late=True)
@@ -35,3 +42,13 @@ def requeue_reports() -> int | None:
         if not acquired:
             return None
         return reports.requeue_waiting()
+
+
+@shared_task(acks_late=True)
+def prune_history() -> dict | None:
+    """Periodic (daily): drop old report payloads, prune reports, entitlement events, closed
+    host timeline entries and coverage snapshots past ``SAM_HISTORY_DAYS`` (performance.md R10)."""
+    with locks.try_session_lock(locks.SWEEP, locks.SWEEP_PRUNE_HISTORY) as acquired:
+        if not acquired:
+            return None
+        return reports.prune_history()

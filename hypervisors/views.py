@@ -12,7 +12,6 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
 from django.db.models.fields.json import KeyTextTransform
 from django.http import Http404
 from django.shortcuts import redirect
@@ -21,26 +20,24 @@ from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
 
-from hypervisors.api import DETAIL_GUESTS, HISTORY_LENGTH, _count, attach_registered, guests_of
-from hypervisors.forms import (
-    AttachForm,
-    HypervisorFilterForm,
-    ReportFilterForm,
-    SystemFilterForm,
-    pool_label,
-)
+from hypervisors import services as hv_services
+from hypervisors.filters import HypervisorFilter, SystemFilter, ui_filterset
+from hypervisors.forms import AttachForm, ReportFilterForm, pool_label
 from hypervisors.models import GuestHostInterval, GuestId, Report
-from orgs.models import System
+from hypervisors.queries import DETAIL_GUESTS, HISTORY_LENGTH, attach_registered, guests_of, per_host_count
+from orgs.models import ConsumerIdentity, System, SystemEvent, coverage_flags, coverage_word
 from sam.errors import EntitlementRefused, NotFound
-from sam.ui import OrgPageMixin
-from subscriptions import engine
+from sam.ui import OrgPageMixin, batched, csv_response
+from subscriptions import catalog, engine
 from subscriptions import services as subs
 from subscriptions.explain import explain
-from subscriptions.models import Entitlement, Pool
+from subscriptions.models import Entitlement, EntitlementCertificate, Pool
 
 PAGE_SIZE = 50
 PREVIEW_GUESTS = 500
 TIMELINE_LENGTH = 200
+# Reasons a guest on a known host is not covered that attaching a host subscription can fix.
+ATTACH_HELPS = {"pool_exhausted", "host_not_entitled", "autoheal_disabled"}
 LINK_KINDS = {"host_entitlement": "host's entitlement"}
 
 
@@ -54,29 +51,15 @@ def _page(request, queryset):
     return page, params.urlencode()
 
 
-def _current_entitlements(org, now):
-    """Entitlements in force now (their own period and their pool's)."""
-    return Entitlement.objects.filter(org=org, start__lte=now, end__gt=now,
-                                      pool__start__lte=now, pool__end__gt=now)
-
-
-def _coverage_flags(org, now) -> dict:
-    """Annotations for System querysets: a current full entitlement / a temporary one."""
-    current = _current_entitlements(org, now).filter(system=OuterRef("pk"))
-    return {
-        "has_full": Exists(current.exclude(pool__type=Pool.Type.UNMAPPED_GUEST)),
-        "has_temp": Exists(current.filter(pool__type=Pool.Type.UNMAPPED_GUEST)),
-    }
-
-
-def _coverage(has_full: bool, has_temp: bool) -> str:
-    return "covered" if has_full else ("temporary" if has_temp else "uncovered")
-
-
 def hypervisors_of(org):
-    """The org's hypervisors: systems with a hypervisor id, or of type hypervisor."""
-    return System.objects.filter(org=org).filter(
-        Q(hypervisor_id__isnull=False) | Q(type=System.Type.HYPERVISOR))
+    return System.objects.filter(org=org).hypervisors()
+
+
+def _coverage_of(system_ids, now) -> dict[int, str]:
+    """Coverage word of each system (one query)."""
+    return {row["pk"]: coverage_word(row["has_full"], row["has_temp"])
+            for row in System.objects.filter(pk__in=system_ids).with_coverage(now)
+            .values("pk", "has_full", "has_temp")}
 
 
 def _link_href(org_key: str, kind: str, ident: str | None) -> str | None:
@@ -98,9 +81,12 @@ def _link_href(org_key: str, kind: str, ident: str | None) -> str | None:
 
 
 def _entitlement_rows(system: System, now) -> list[Entitlement]:
-    rows = subs.entitlements_of(system)
+    rows = catalog.entitlements_of(system)
+    certs = {c.entitlement_id: c for c in EntitlementCertificate.objects.filter(
+        entitlement__in=[e.id for e in rows]).only("entitlement_id", "serial", "start", "end")}
     for ent in rows:
         ent.current = engine.active(ent, now)
+        ent.cert = certs.get(ent.id)  # what subscription-manager downloads for it
     return rows
 
 
@@ -109,44 +95,45 @@ def _entitlement_rows(system: System, now) -> list[Entitlement]:
 class HypervisorListView(OrgPageMixin, TemplateView):
     template_name = "hypervisors/hypervisor_list.html"
 
-    def get_queryset(self, form: HypervisorFilterForm):
-        """The filtered hypervisors (ids and sort keys only: the page is annotated afterwards)."""
-        qs = hypervisors_of(self.org).order_by("name", "id")
-        data = form.cleaned_data if form.is_valid() else {}
-        q = (data.get("q") or "").strip()
-        if q:
-            qs = qs.filter(Q(name__icontains=q) | Q(hypervisor_id__icontains=q.lower()))
-        if data.get("cluster"):
-            qs = qs.filter(facts__contains={"hypervisor.cluster": data["cluster"].strip()})
-        if data.get("type"):
-            qs = qs.filter(facts__contains={"hypervisor.type": data["type"].strip()})
-        if data.get("reporter"):
-            qs = qs.filter(reporter_id=data["reporter"].strip())
-        subscribed = Exists(Entitlement.objects.filter(system=OuterRef("pk")))
-        if data.get("subscribed") == "yes":
-            qs = qs.filter(subscribed)
-        elif data.get("subscribed") == "no":
-            qs = qs.filter(~subscribed)
-        return qs
-
     def rows(self, ids: list[int]) -> list[System]:
         """The page's hypervisors with guest counts and the subscribed flag (one query)."""
         return list(System.objects.filter(pk__in=ids).annotate(
-            guest_count=_count(GuestId.objects.all(), "host"),
-            registered_guest_count=_count(System.objects.all(), "current_host"),
-            subscribed=Exists(Entitlement.objects.filter(system=OuterRef("pk"))),
+            guest_count=per_host_count(GuestId.objects.all(), "host"),
+            registered_guest_count=per_host_count(System.objects.all(), "current_host"),
+            subscribed=coverage_flags(timezone.now())["subscribed"],
             cluster=KeyTextTransform("hypervisor.cluster", "facts"),
             hv_type=KeyTextTransform("hypervisor.type", "facts"),
         ).defer("facts", "installed_products").order_by("name", "id"))
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        form = HypervisorFilterForm(self.request.GET or None)
-        page, query = _page(self.request, self.get_queryset(form).values_list("pk", flat=True))
+        filters = ui_filterset(HypervisorFilter, self.request.GET,
+                               hypervisors_of(self.org).order_by("name", "id"))
+        page, query = _page(self.request, filters.qs.values_list("pk", flat=True))
         page.object_list = self.rows(list(page.object_list))
         filtered = bool(self.request.GET.dict().keys() - {"page"})
-        context.update(form=form, page=page, query=query, filtered=filtered)
+        context.update(form=filters.form, page=page, query=query, filtered=filtered)
         return context
+
+
+class HypervisorExportView(OrgPageMixin, View):
+    """The hypervisor list as CSV: the list's filter applied, streamed, ordered by id."""
+
+    def get(self, request, *args, **kwargs):
+        filters = ui_filterset(HypervisorFilter, request.GET, hypervisors_of(self.org).order_by("pk"))
+        rows = filters.qs.annotate(
+            subscribed=coverage_flags(timezone.now())["subscribed"],
+            cluster=KeyTextTransform("hypervisor.cluster", "facts"),
+            hv_type=KeyTextTransform("hypervisor.type", "facts"),
+            guest_count=per_host_count(GuestId.objects.all(), "host"),
+        ).values_list("pk", "uuid", "name", "hypervisor_id", "cluster", "hv_type", "reporter_id",
+                      "guest_count", "subscribed", "last_checkin")
+        return csv_response(
+            f"{self.org.key}-hypervisors.csv",
+            ["uuid", "name", "hypervisor_id", "cluster", "type", "reporter", "reported_guests",
+             "subscribed", "last_checkin"],
+            ([*row[1:8], "yes" if row[8] else "no", row[9] and row[9].isoformat()]
+             for row in batched(rows)))
 
 
 class HostMixin(OrgPageMixin):
@@ -162,7 +149,7 @@ class HostMixin(OrgPageMixin):
         """Current NORMAL pools of the org whose product has virt_limit (hosts' subscriptions)."""
         pools = subs.org_pools(self.org).filter(type=Pool.Type.NORMAL, start__lte=now, end__gt=now)
         return [p for p in pools.order_by("subscription__product__sku", "end", "id")
-                if engine.virt_limit(p.subscription.product) is not None]
+                if engine.is_host_subscription(p)]
 
     def detail_url(self, host: System) -> str:
         return reverse("hypervisors:hypervisor_detail", kwargs={"org_key": self.org.key,
@@ -180,19 +167,10 @@ class HypervisorDetailView(HostMixin, TemplateView):
             self.request.GET.get("guests"))
         rows = attach_registered(self.org, list(guest_page.object_list))
         registered_ids = {row.registered.id for row in rows if row.registered is not None}
-        full: set[int] = set()
-        temp: set[int] = set()
-        for system_id, pool_type in (_current_entitlements(self.org, now)
-                                     .filter(system_id__in=registered_ids)
-                                     .values_list("system_id", "pool__type")):
-            (temp if pool_type == Pool.Type.UNMAPPED_GUEST else full).add(system_id)
+        coverage = _coverage_of(registered_ids, now)
         for row in rows:
-            sid = row.registered.id if row.registered is not None else None
-            row.coverage = None if sid is None else _coverage(sid in full, sid in temp)
-        touched = GuestHostInterval.objects.filter(host=host, report__isnull=False).values("report_id")
-        history = (Report.objects.filter(org=self.org).filter(
-            Q(id__in=touched) | Q(diff__hypervisors__created__contains=[host.name])
-            | Q(diff__hypervisors__updated__contains=[host.name]))
+            row.coverage = None if row.registered is None else coverage[row.registered.id]
+        history = (Report.objects.touching(host)
             .only("uuid", "kind", "state", "reporter_id", "created")
             .order_by("-created", "-id")[:HISTORY_LENGTH])
         context.update(
@@ -225,28 +203,23 @@ class AttachView(HostMixin, TemplateView):
         if not form.is_valid():
             return context
         pool = self._pool(form)
-        catalog = subs.load_catalog(self.org)
-        provided = catalog.host_pool_provides_for_guests(pool)
+        products = catalog.load_catalog(self.org)
+        provided = products.host_pool_provides_for_guests(pool)
         guests = list(System.objects.filter(org=self.org, current_host=host)
                       .only("uuid", "name", "installed_products", "is_guest")
                       .order_by("name", "id")[:PREVIEW_GUESTS])
-        full: set[int] = set()
-        temp: set[int] = set()
-        for system_id, pool_type in (_current_entitlements(self.org, now)
-                                     .filter(system_id__in=[g.id for g in guests])
-                                     .values_list("system_id", "pool__type")):
-            (temp if pool_type == Pool.Type.UNMAPPED_GUEST else full).add(system_id)
+        coverage = _coverage_of([g.id for g in guests], now)
         covered, untouched = [], []
         for g in guests:
-            g.coverage = _coverage(g.id in full, g.id in temp)
-            g.gains = [catalog.name(p) for p in g.installed_product_ids if p in provided]
+            g.coverage = coverage[g.id]
+            g.gains = [products.name(p) for p in g.installed_product_ids if p in provided]
             (covered if g.gains else untouched).append(g)
-        held = {e.pool_id for e in subs.entitlements_of(host)}
+        held = {e.pool_id for e in catalog.entitlements_of(host)}
         refusal = engine.check_pool(engine.SystemView(host, None, held), pool, self.org, now)
         context.update(
             pool=pool, pool_label=pool_label(pool), covered=covered, untouched=untouched,
             guest_product=engine.derived_pool_product(pool),
-            provided=sorted(catalog.name(p) for p in provided),
+            provided=sorted(products.name(p) for p in provided),
             refusal=refusal and engine.refusal_message(refusal, pool), refusal_key=refusal,
             truncated=len(guests) >= PREVIEW_GUESTS,
         )
@@ -303,51 +276,46 @@ class RemoveEntitlementView(OrgPageMixin, View):
 class SystemListView(OrgPageMixin, TemplateView):
     template_name = "hypervisors/system_list.html"
 
-    def get_queryset(self, form: SystemFilterForm, now):
-        """The filtered systems (ids and sort keys only: the page is loaded afterwards)."""
-        qs = System.objects.filter(org=self.org).order_by("name", "id")
-        data = form.cleaned_data if form.is_valid() else {}
-        q = (data.get("q") or "").strip()
-        if q:
-            qs = qs.filter(name__icontains=q)
-        kind = data.get("type")
-        if kind == "guest":
-            qs = qs.filter(is_guest=True)
-        elif kind == "hypervisor":
-            qs = qs.filter(Q(type=System.Type.HYPERVISOR) | Q(hypervisor_id__isnull=False))
-        elif kind == "physical":
-            qs = qs.filter(is_guest=False, type=System.Type.SYSTEM, hypervisor_id__isnull=True)
-        flags = _coverage_flags(self.org, now)
-        coverage = data.get("coverage")
-        if coverage == "covered":
-            qs = qs.filter(flags["has_full"])
-        elif coverage == "temporary":
-            qs = qs.filter(~flags["has_full"], flags["has_temp"])
-        elif coverage == "uncovered":
-            qs = qs.filter(~flags["has_full"], ~flags["has_temp"])
-        return qs
-
     def rows(self, ids: list[int], now) -> list[System]:
         """The page's systems with their host and coverage flags (one query)."""
         rows = list(System.objects.filter(pk__in=ids).select_related("current_host")
-                    .annotate(**_coverage_flags(self.org, now))
+                    .with_coverage(now)
                     .only("uuid", "name", "type", "is_guest", "hypervisor_id", "installed_products",
                           "last_checkin", "registered_at", "host_unknown_since",
-                          "current_host__uuid", "current_host__name")
+                          "client_requires_sca", "current_host__uuid", "current_host__name")
                     .order_by("name", "id"))
         for system in rows:
-            system.coverage = _coverage(system.has_full, system.has_temp)
+            system.coverage = coverage_word(system.has_full, system.has_temp)
         return rows
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         now = timezone.now()
-        form = SystemFilterForm(self.request.GET or None)
-        page, query = _page(self.request, self.get_queryset(form, now).values_list("pk", flat=True))
+        filters = ui_filterset(SystemFilter, self.request.GET,
+                               System.objects.filter(org=self.org).order_by("name", "id"))
+        page, query = _page(self.request, filters.qs.values_list("pk", flat=True))
         page.object_list = self.rows(list(page.object_list), now)
         filtered = bool(self.request.GET.dict().keys() - {"page"})
-        context.update(form=form, page=page, query=query, filtered=filtered)
+        context.update(form=filters.form, page=page, query=query, filtered=filtered)
         return context
+
+
+class SystemExportView(OrgPageMixin, View):
+    """The system list as CSV: the list's filter applied, streamed, ordered by id."""
+
+    def get(self, request, *args, **kwargs):
+        filters = ui_filterset(SystemFilter, request.GET,
+                               System.objects.filter(org=self.org).order_by("pk"))
+        rows = filters.qs.with_coverage(timezone.now()).values_list(
+            "pk", "uuid", "name", "type", "is_guest", "current_host__name", "has_full", "has_temp",
+            "last_checkin")
+        kind = {True: "guest", False: "physical"}
+        return csv_response(
+            f"{self.org.key}-systems.csv",
+            ["uuid", "name", "type", "host", "coverage", "last_checkin"],
+            ([row[1], row[2], "hypervisor" if row[3] == System.Type.HYPERVISOR else kind[row[4]],
+              row[5], coverage_word(row[6], row[7]), row[8] and row[8].isoformat()]
+             for row in batched(rows)))
 
 
 class SystemMixin(OrgPageMixin):
@@ -362,6 +330,15 @@ class SystemMixin(OrgPageMixin):
 class SystemDetailView(SystemMixin, TemplateView):
     template_name = "hypervisors/system_detail.html"
 
+    def _attach_url(self, system: System, item) -> str | None:
+        """For an uncovered guest on a known host that a host subscription would cover: the
+        host's attach page (admins only)."""
+        if (self.can_admin and item.status == "invalid" and system.is_guest
+                and system.current_host_id is not None and item.reason in ATTACH_HELPS):
+            return reverse("hypervisors:hypervisor_attach",
+                           kwargs={"org_key": self.org.key, "uuid": system.current_host.uuid})
+        return None
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         now = timezone.now()
@@ -371,16 +348,28 @@ class SystemDetailView(SystemMixin, TemplateView):
         for item in explain(system, now):
             links = [{"kind": LINK_KINDS.get(link.kind, link.kind), "label": link.label,
                       "href": _link_href(self.org.key, link.kind, link.id)} for link in item.chain]
-            items.append({"item": item, "links": links})
+            items.append({"item": item, "links": links,
+                          "attach_url": self._attach_url(system, item)})
         uuids = [u for u in (system.virt_uuid, system.virt_uuid_swapped) if u]
         timeline = list(GuestHostInterval.objects.filter(org=self.org, guest_uuid__in=uuids)
                         .select_related("host", "report").defer("report__payload")
                         .order_by("-started", "-id")[:TIMELINE_LENGTH]) if uuids else []
+        identity = ConsumerIdentity.objects.filter(system=system).first()
+        if identity is not None:
+            registered_via = identity.get_registered_via_display()
+        elif system.reporter_id or (system.hypervisor_id and system.type == System.Type.HYPERVISOR):
+            registered_via = "virt-who"
+        else:
+            registered_via = "API"
         context.update(
+            identity=identity, registered_via=registered_via,
+            clone_events=list(SystemEvent.objects.filter(
+                system=system, kind=SystemEvent.Kind.POSSIBLE_CLONE)[:5]),
+            system_events=list(SystemEvent.objects.filter(system=system)[:10]),
             system=system, compliance=compliance, explanations=items,
             entitlements=_entitlement_rows(system, now), timeline=timeline,
             facts=sorted(system.facts.items()),
-            is_hypervisor=bool(system.hypervisor_id) or system.type == System.Type.HYPERVISOR,
+            is_hypervisor=system.type == System.Type.HYPERVISOR,
         )
         return context
 
@@ -394,6 +383,31 @@ class ResolveView(SystemMixin, View):
             subs.enqueue_resolution([system.id], "manual")
         messages.success(request, f"Re-resolution of {system.name} requested.")
         return redirect("hypervisors:system_detail", org_key=self.org.key, uuid=system.uuid)
+
+
+class SystemDeleteView(SystemMixin, TemplateView):
+    """GET: what deleting the system takes away; POST: delete it (the API's delete service).
+    Admins only."""
+
+    admin_required = True
+    template_name = "hypervisors/system_confirm_delete.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        system = self.get_system()
+        context.update(system=system, impact=hv_services.deletion_impact(self.org, system),
+                       is_hypervisor=hypervisors_of(self.org).filter(pk=system.pk).exists())
+        return context
+
+    def post(self, request, *args, **kwargs):
+        system = self.get_system()
+        try:
+            hv_services.delete_system(self.org, system.uuid, trigger="ui",
+                                       deleted_by=request.user.get_username())
+        except NotFound:
+            raise Http404("No such system.") from None
+        messages.success(request, f"System {system.name} deleted.")
+        return redirect("hypervisors:system_list", org_key=self.org.key)
 
 
 # --- Reports ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Operator admin for organizations and their roles, plus the shared admin building blocks.
+"""Operator admin for organizations and their roles (the shared building blocks: sam/admin.py).
 
 The admin sits on top of the apps (architecture.md), so its actions may call any service.
 ``System``'s admin lives in ``hypervisors/admin.py``: it shows the guest-id mapping and deletes
@@ -7,89 +7,26 @@ through the mapping service. Tuned for big tables: ``list_select_related``, no f
 
 from __future__ import annotations
 
-import uuid
-
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Q
-from django.forms.models import BaseInlineFormSet
-from django.urls import reverse
-from django.utils.html import format_html
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 
-from orgs.models import Organization, OrganizationGroupPermission, OrganizationUserPermission, System
-from orgs.services import KEY_RE, remove_member
+from orgs.models import (
+    ActivationKey,
+    ActivationKeyPool,
+    DeletedSystem,
+    Organization,
+    OrganizationGroupPermission,
+    OrganizationUserPermission,
+    System,
+    SystemEvent,
+)
+from orgs.services import KEY_RE, may_set_passwords, remove_member
+from sam.admin import ReadOnlyAdminMixin, SamAdmin, UUIDSearchMixin, changelist_link
 from subscriptions.services import heal_org
-
-INLINE_LIMIT = 100
-
-
-class SamAdmin(admin.ModelAdmin):
-    """Defaults for every sam admin: no COUNT(*) over the whole table on each changelist."""
-
-    show_full_result_count = False
-
-
-class ReadOnlyAdminMixin:
-    """Rows kept by the services (derived state, history): the admin only shows them."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class UUIDSearchMixin:
-    """A search term that is a UUID matches ``uuid_search_fields`` exactly (their indexes),
-    instead of a LIKE scan over the text fields."""
-
-    uuid_search_fields: tuple[str, ...] = ()
-
-    def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if self.uuid_search_fields and term:
-            try:
-                uuid.UUID(term)
-            except ValueError:
-                pass
-            else:
-                query = Q()
-                for name in self.uuid_search_fields:
-                    query |= Q(**{name: term.lower()})
-                return queryset.filter(query), False
-        return super().get_search_results(request, queryset, search_term)
-
-
-class CappedInlineFormSet(BaseInlineFormSet):
-    """Inlines are not paginated: show the first ``INLINE_LIMIT`` rows, the parent links to all."""
-
-    def get_queryset(self):
-        qs = super().get_queryset()
-        if not qs.query.is_sliced:
-            self._queryset = qs = qs[:INLINE_LIMIT]
-        return qs
-
-
-class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline):
-    """A view of related rows with a link to each; nothing is added, changed or deleted here."""
-
-    formset = CappedInlineFormSet
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.fields
-
-
-def changelist_link(model, label: str, **filters) -> str:
-    """Link to ``model``'s changelist filtered by ``filters`` (e.g. every entitlement of a pool)."""
-    url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
-    query = "&".join(f"{k}={v}" for k, v in filters.items())
-    return format_html('<a href="{}?{}">{}</a>', url, query, label)
 
 
 class OrganizationForm(forms.ModelForm):
@@ -184,9 +121,14 @@ class OrganizationUserPermissionAdmin(_OrgPermissionAdmin):
     def remove_members(self, request, queryset) -> None:
         pairs = set(queryset.values_list("content_object_id", "user__username"))
         orgs = Organization.objects.in_bulk({org_id for org_id, _ in pairs})
+        revoked = []
         for org_id, username in pairs:
-            remove_member(orgs[org_id], username)
-        self.message_user(request, f"Removed {len(pairs)} membership(s).", messages.SUCCESS)
+            # An operator's explicit action: the tokens the member created are revoked with it.
+            revoked += [f"{orgs[org_id].key}/{t.name}"
+                        for t in remove_member(orgs[org_id], username, confirm=True)]
+        note = (f" Revoked {len(revoked)} API token(s) they created: {', '.join(revoked)}."
+                if revoked else "")
+        self.message_user(request, f"Removed {len(pairs)} membership(s).{note}", messages.SUCCESS)
 
 
 @admin.register(OrganizationGroupPermission)
@@ -194,3 +136,86 @@ class OrganizationGroupPermissionAdmin(_OrgPermissionAdmin):
     list_display = ("content_object", "group", "codename")
     list_select_related = ("content_object", "group", "permission")
     search_fields = ("group__name", "content_object__key")
+
+
+# --- Users: only a superuser sets another user's password or grants privileges ---------------
+
+User = get_user_model()
+PRIVILEGE_FIELDS = ("is_superuser", "is_staff", "groups", "user_permissions")
+
+
+class SamUserAdmin(UserAdmin):
+    """Django's user admin with the one password rule of ``orgs.services.may_set_passwords``:
+    staff with ``change_user`` administer accounts but cannot set another user's password,
+    grant themselves or others privileges, or edit a superuser (no takeover through /admin/)."""
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not may_set_passwords(request.user):
+            fields += [f for f in PRIVILEGE_FIELDS if f not in fields]
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not may_set_passwords(request.user):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not may_set_passwords(request.user):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def user_change_password(self, request, id, form_url=""):
+        target = self.get_object(request, unquote(id))
+        if target is not None and target.pk != request.user.pk and not may_set_passwords(request.user):
+            raise PermissionDenied("Only an operator (superuser) sets another user's password.")
+        return super().user_change_password(request, id, form_url)
+
+
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, SamUserAdmin)
+
+
+# --- subscription-manager: activation keys, tombstones, system events -------------------------
+
+class ActivationKeyPoolInline(admin.TabularInline):
+    model = ActivationKeyPool
+    extra = 0
+    fields = ("pool_uuid", "quantity")
+
+
+@admin.register(ActivationKey)
+class ActivationKeyAdmin(UUIDSearchMixin, SamAdmin):
+    """Keys register systems without credentials; name is unique per org (checked by the
+    database constraint, shown as a form error)."""
+
+    list_display = ("name", "org", "auto_attach", "release_ver", "service_level", "updated")
+    list_select_related = ("org",)
+    list_filter = ("auto_attach", "org")
+    search_fields = ("name",)
+    uuid_search_fields = ("uuid",)
+    raw_id_fields = ("org",)
+    readonly_fields = ("uuid", "created", "updated")
+    fields = ("uuid", "org", "name", "description", "auto_attach", "service_level",
+              "release_ver", "usage", "role", "created", "updated")
+    inlines = (ActivationKeyPoolInline,)
+
+
+@admin.register(DeletedSystem)
+class DeletedSystemAdmin(ReadOnlyAdminMixin, UUIDSearchMixin, SamAdmin):
+    """Tombstones: a deleted system's uuid answers 410 with ``deletedId``."""
+
+    list_display = ("name", "uuid", "org", "deleted_by", "deleted")
+    list_select_related = ("org",)
+    list_filter = ("org",)
+    search_fields = ("name",)
+    uuid_search_fields = ("uuid",)
+
+
+@admin.register(SystemEvent)
+class SystemEventAdmin(ReadOnlyAdminMixin, SamAdmin):
+    list_display = ("created", "kind", "system", "org", "message")
+    list_select_related = ("system", "org")
+    list_filter = ("kind", "org")
+    raw_id_fields = ("system", "org")

@@ -8,31 +8,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.filters import OrderingFilter
 from rest_framework.response import Response
 
+from hypervisors.reporters import token_impact
 from orgs import services
 from orgs.models import ApiToken, Organization
 from sam.api.base import OrgScopedViewSet, check_if_match, etag, org_path
-from sam.ids import parse_uuid
-
-
-class UuidLookupMixin:
-    """``{uuid}`` in the URL: a malformed value is a 404 like any unknown object."""
-
-    lookup_field = "uuid"
-
-    def get_object(self):
-        try:
-            parse_uuid(self.kwargs[self.lookup_field])
-        except DjangoValidationError:
-            raise exceptions.NotFound("Not found.") from None
-        return super().get_object()
-
+from sam.errors import ConfirmationRequired
 
 # --- Organizations ----------------------------------------------------------------------------
 
@@ -116,18 +101,54 @@ class OrgViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 # --- Members ----------------------------------------------------------------------------------
 
 class MemberSerializer(serializers.Serializer):
-    """A member and its role; ``password`` only when the user is created here."""
+    """A member and its role; ``password`` applies only to an account created here."""
 
     username = serializers.CharField(max_length=150)
     role = serializers.ChoiceField(choices=services.ROLES)
-    password = serializers.CharField(write_only=True, required=False, allow_blank=False,
-                                     style={"input_type": "password"})
+    password = serializers.CharField(
+        write_only=True, required=False, allow_blank=False, style={"input_type": "password"},
+        help_text="Only for a new account (Django's password validators apply); never applied to "
+                  "an existing user, and the answer is the same either way. An operator "
+                  "(superuser) may set an existing user's password.")
 
 
 class MemberChangeSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=services.ROLES)
     password = serializers.CharField(write_only=True, required=False, allow_blank=False,
-                                     style={"input_type": "password"})
+                                     style={"input_type": "password"},
+                                     help_text="Operators (superusers) only.")
+
+
+CONFIRM = OpenApiParameter(
+    "confirm", bool, OpenApiParameter.QUERY, required=False,
+    description="Required (true) when the change revokes API tokens the member created; "
+                "without it such a change answers 409 listing the tokens and the virt-who "
+                "reporters that would stop working.")
+
+
+NEEDS_CONFIRM = OpenApiResponse(
+    description="Not done: the change would revoke API tokens. `error.tokens` lists them (with "
+                "the reporter ids seen with each), `error.reporters` the virt-who reporters that "
+                "would stop working; repeat with `confirm=true`.")
+
+
+def _confirmed(request) -> bool:
+    raw = request.query_params.get("confirm")
+    if raw is None or raw == "":
+        return False
+    value = str(raw).strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no"}:
+        return False
+    raise serializers.ValidationError({"confirm": ["Must be true or false."]})
+
+
+def _confirmation_needed(org, exc: ConfirmationRequired) -> Response:
+    """409 with what a confirmation would revoke and which reporters would stop."""
+    impact = token_impact(org, exc.tokens)
+    return Response({"error": {"code": "confirmation_required", "message": exc.message, **impact}},
+                    status=status.HTTP_409_CONFLICT)
 
 
 @org_path
@@ -138,14 +159,6 @@ class MemberViewSet(OrgScopedViewSet):
     lookup_field = "username"
     lookup_value_regex = "[^/]+"
     filter_backends: list = []
-
-    def _check_password(self, username: str, data: dict) -> None:
-        """An org admin sets a password only for a user it creates: an existing user may belong
-        to other orgs (or be an operator), and resetting it would take that account over."""
-        if data.get("password") and not self.request.user.is_staff and (
-                get_user_model().objects.filter(username=username).exists()):
-            raise serializers.ValidationError(
-                {"password": ["Only operators set the password of an existing user."]})
 
     def _member(self, username: str) -> dict:
         role = dict(services.members(self.org)).get(username)
@@ -161,30 +174,41 @@ class MemberViewSet(OrgScopedViewSet):
     def retrieve(self, request, *args, **kwargs):
         return Response(MemberSerializer(self._member(kwargs["username"])).data)
 
-    @extend_schema(responses={201: MemberSerializer})
+    @extend_schema(parameters=[CONFIRM], responses={201: MemberSerializer, 409: NEEDS_CONFIRM})
     def create(self, request, *args, **kwargs):
         serializer = MemberSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        self._check_password(data["username"], data)
-        user = services.set_member_role(self.org, data["username"], data["role"],
-                                        password=data.get("password"))
+        try:
+            user = services.set_member_role(self.org, data["username"], data["role"],
+                                            password=data.get("password"), actor=request.user,
+                                            confirm=_confirmed(request))
+        except ConfirmationRequired as exc:
+            return _confirmation_needed(self.org, exc)
         return Response(MemberSerializer({"username": user.username, "role": data["role"]}).data,
                         status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=MemberChangeSerializer, responses=MemberSerializer)
+    @extend_schema(request=MemberChangeSerializer, parameters=[CONFIRM],
+                   responses={200: MemberSerializer, 409: NEEDS_CONFIRM})
     def partial_update(self, request, *args, **kwargs):
         username = self._member(kwargs["username"])["username"]
         serializer = MemberChangeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        self._check_password(username, data)
-        services.set_member_role(self.org, username, data["role"], password=data.get("password"),
-                                 create=False)
+        try:
+            services.set_member_role(self.org, username, data["role"], password=data.get("password"),
+                                     create=False, actor=request.user, confirm=_confirmed(request))
+        except ConfirmationRequired as exc:
+            return _confirmation_needed(self.org, exc)
         return Response(MemberSerializer({"username": username, "role": data["role"]}).data)
 
+    @extend_schema(parameters=[CONFIRM], responses={204: None, 409: NEEDS_CONFIRM})
     def destroy(self, request, *args, **kwargs):
-        services.remove_member(self.org, self._member(kwargs["username"])["username"])
+        username = self._member(kwargs["username"])["username"]
+        try:
+            services.remove_member(self.org, username, confirm=_confirmed(request))
+        except ConfirmationRequired as exc:
+            return _confirmation_needed(self.org, exc)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -220,7 +244,8 @@ class NewTokenSerializer(TokenSerializer):
 
 @org_path
 class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):
-    """API tokens of an org: created by admins, shown once, revoked (the row stays)."""
+    """API tokens of an org, for its admins only (names and roles say who can act on the org):
+    created, shown once, revoked (the row stays)."""
 
     queryset = ApiToken.objects.select_related("created_by")
     serializer_class = TokenSerializer
@@ -228,6 +253,11 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedVi
     filter_backends = [OrderingFilter]
     ordering_fields = ["id", "name", "created", "expires", "last_used"]
     ordering = ["name", "id"]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if not services.has_role_perm(request.user, "admin_org", self.org):
+            raise exceptions.PermissionDenied("Only admins of this organization see its tokens.")
 
     @extend_schema(request=TokenCreateSerializer, responses={201: NewTokenSerializer})
     def create(self, request, *args, **kwargs):

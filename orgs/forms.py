@@ -28,8 +28,10 @@ class SettingsForm(forms.Form):
     unmapped_lifetime_hours = forms.IntegerField(
         min_value=1, max_value=HOURS_MAX, label="Temporary entitlement lifetime (hours)",
         help_text="A temporary entitlement ends this long after the guest registered.")
-    content_access_mode = forms.ChoiceField(choices=Organization.ContentAccess.choices,
-                                            label="Content access mode")
+    content_access_mode = forms.ChoiceField(
+        choices=Organization.ContentAccess.choices, label="Content access mode",
+        help_text="What subscription-manager is shown. sam accounts every system's coverage "
+                  "in all three; see the explanation below.")
 
     @classmethod
     def initial_for(cls, org: Organization) -> dict:
@@ -59,7 +61,14 @@ class MemberForm(forms.Form):
     role = forms.ChoiceField(choices=[(r, r) for r in ROLES], initial="viewer")
     password = forms.CharField(
         required=False, widget=forms.PasswordInput(render_value=False),
-        help_text="Only for a new user who signs in here; leave empty otherwise.")
+        help_text="Passwords apply only to new accounts: leave it empty to add an existing user "
+                  "(a password given for an existing name is not applied).")
+
+    def __init__(self, *args, operator: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if operator:  # orgs.services.may_set_passwords
+            self.fields["password"].help_text = (
+                "For a new account; as an operator you also set an existing user's password here.")
 
 
 class TokenForm(forms.Form):
@@ -90,6 +99,9 @@ def _one_line(value: str, label: str) -> str:
     return (value or "").strip()
 
 
+TOKEN_DAYS = 365  # a new reporter token's lifetime unless the form says otherwise
+
+
 class VirtWhoForm(forms.Form):
     hypervisor_type = forms.ChoiceField(choices=HYPERVISOR_TYPES, label="Hypervisor type")
     section = forms.CharField(
@@ -117,6 +129,24 @@ class VirtWhoForm(forms.Form):
     rhsm_hostname = forms.CharField(max_length=255, label="This server's host name",
                                     help_text="As the virt-who host reaches it.")
     rhsm_port = forms.IntegerField(min_value=1, max_value=65535, label="This server's port")
+    token = forms.ChoiceField(
+        required=False, label="Reporter token", initial="new",
+        help_text="A new token is shown once, in the configuration. To reuse a token, paste it "
+                  "into the configuration yourself (it is stored only as a hash).")
+    expires_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3660, initial=TOKEN_DAYS,
+        label="New token expires after (days)",
+        help_text="Empty: a year. Reporter health warns 30 days before it expires; then make "
+                  "a new one here.")
+
+    def __init__(self, *args, tokens=(), **kwargs):
+        """``tokens``: the org's usable reporter tokens, offered for reuse."""
+        super().__init__(*args, **kwargs)
+        self.reusable = {str(t.pk): t for t in tokens}
+        self.fields["token"].choices = [("new", "Create a new token")] + [
+            (pk, f"Reuse “{t.name}” (sam_{t.prefix}_…, "
+                 f"{'expires ' + t.expires.date().isoformat() if t.expires else 'never expires'})")
+            for pk, t in self.reusable.items()]
 
     def clean_section(self):
         value = self.cleaned_data["section"].strip()
@@ -132,6 +162,9 @@ class VirtWhoForm(forms.Form):
                     data[name] = _one_line(data[name], self.fields[name].label)
                 except forms.ValidationError as exc:
                     self.add_error(name, exc)
+        data["reuse"] = self.reusable.get(data.get("token") or "new")
+        if data.get("expires_days") is None and "expires_days" not in self.errors:
+            data["expires_days"] = TOKEN_DAYS
         kind = data.get("hypervisor_type")
         if kind == "kubevirt":
             if not data.get("kubeconfig"):
@@ -144,15 +177,20 @@ class VirtWhoForm(forms.Form):
         return data
 
 
-def virt_who_config(data: dict, org_key: str, token: str) -> str:
-    """The file to save as /etc/virt-who.d/<section>.conf (``data``: cleaned VirtWhoForm)."""
+def virt_who_config(data: dict, org_key: str, token: str, reused=None) -> str:
+    """The file to save as /etc/virt-who.d/<section>.conf (``data``: cleaned VirtWhoForm).
+    ``reused``: the existing token it uses, whose plaintext the user pastes in."""
     kind = data["hypervisor_type"]
     lines = [
         f"# virt-who configuration for sam organization {org_key}",
         "# Save as /etc/virt-who.conf (or: the [global] options into /etc/virt-who.conf and the",
         f"# [{data['section']}] section into /etc/virt-who.d/{data['section']}.conf), copy this",
         "# server's CA certificate to /etc/rhsm/ca/, then restart virt-who.",
-        "# The reporter token below was shown once; it is stored only as a hash on the server.",
+        ("# The reporter token below was shown once; it is stored only as a hash on the server."
+         if reused is None else
+         # (one line whatever the token's name holds: the name may not add an option)
+         f"# rhsm_password: paste the existing token \"{' '.join(reused.name.split())}\" "
+         f"(sam_{reused.prefix}_...)."),
         "[global]",
         f"interval={data['interval']}",
         f"reporter_id={data['reporter_id']}",
@@ -175,6 +213,20 @@ def virt_who_config(data: dict, org_key: str, token: str) -> str:
         f"rhsm_port={data['rhsm_port']}",
         "rhsm_prefix=/candlepin",
         "rhsm_username=virt-who",
-        f"rhsm_password={token}",
+        f"rhsm_password={token if reused is None else 'CHANGE-ME'}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- Activation keys -------------------------------------------------------------------------
+
+class ActivationKeyForm(forms.Form):
+    name = forms.CharField(max_length=255, help_text="Used as --activationkey NAME (no commas).")
+    description = forms.CharField(max_length=4000, required=False)
+    auto_attach = forms.BooleanField(required=False, initial=True,
+                                     label="Attach subscriptions at registration")
+    service_level = forms.CharField(max_length=255, required=False)
+    release_ver = forms.CharField(max_length=255, required=False, label="Release",
+                                  help_text="e.g. 9.4: the system stays on that minor release.")
+    usage = forms.CharField(max_length=255, required=False)
+    role = forms.CharField(max_length=255, required=False)

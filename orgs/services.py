@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -19,7 +20,7 @@ from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
 from orgs.auth import make_token
 from orgs.models import ApiToken, Organization, OrganizationUserPermission
-from sam.errors import NotFound
+from sam.errors import ConfirmationRequired, NotFound
 
 ROLE_PERMS: dict[str, tuple[str, ...]] = {
     "admin": ("view_org", "admin_org", "checkin_org"),
@@ -94,9 +95,14 @@ def update_org(org: Organization, **settings) -> Organization:
     """Change an org's name or settings (autobind flags, unmapped window/lifetime, mode)."""
     _check_settings(settings)
     org = Organization.objects.select_for_update().get(pk=org.pk)
+    mode = org.content_access_mode
     for name, value in settings.items():
         setattr(org, name, value.strip() if isinstance(value, str) else value)
     org.save()
+    if org.content_access_mode != mode:  # consumers' certificates follow, in the worker
+        from orgs import content_access
+
+        content_access.org_changed(org)
     return org
 
 
@@ -107,17 +113,88 @@ def _role_check(role: str) -> None:
         )
 
 
+class _Operator:
+    """The operator at the command line (``manage.py addmember``): acts as a superuser."""
+
+    is_authenticated = True
+    is_active = True
+    is_staff = True
+    is_superuser = True
+    pk = None
+
+    def get_username(self) -> str:
+        return "operator"
+
+
+OPERATOR = _Operator()
+
+
+def may_set_passwords(actor) -> bool:
+    """Only a superuser (or the operator CLI) sets the password of an existing user: staff
+    administer every org but must not take over accounts, org admins even less."""
+    return bool(actor is not None and getattr(actor, "is_superuser", False)
+                and getattr(actor, "is_active", False) and getattr(actor, "token", None) is None)
+
+
+def _check_password(password: str, username: str) -> None:
+    """Django's password validators, run the same way whether or not the name exists."""
+    try:
+        validate_password(password, get_user_model()(username=username))
+    except ValidationError as exc:
+        raise ValidationError({"password": list(exc.messages)}, code="invalid") from None
+
+
+def tokens_lost(org: Organization, user, role: str | None) -> list[ApiToken]:
+    """Live tokens ``user`` created in ``org`` that carry rights ``role`` (None: no membership)
+    does not give: they are revoked when the member is removed or changes to ``role``. Staff and
+    superusers keep every right, so their tokens stay."""
+    if user is None or getattr(user, "pk", None) is None or user.is_staff or user.is_superuser:
+        return []
+    kept = set(ROLE_PERMS[role]) if role else set()
+    lost_roles = [name for name, perms in ROLE_PERMS.items() if not set(perms) <= kept]
+    return list(ApiToken.objects.filter(org=org, created_by=user, revoked__isnull=True,
+                                        role__in=lost_roles)
+                .exclude(expires__lte=timezone.now()).order_by("name", "id"))
+
+
+def _revoke(tokens: list[ApiToken]) -> None:
+    ApiToken.objects.filter(pk__in=[t.pk for t in tokens], revoked__isnull=True).update(
+        revoked=timezone.now())
+
+
+def _confirm_loss(org: Organization, username: str, lost: list[ApiToken], confirm: bool,
+                  what: str) -> None:
+    if lost and not confirm:
+        names = ", ".join(f"{t.name} ({t.role})" for t in lost)
+        raise ConfirmationRequired(
+            f"{what} revokes {len(lost)} API token(s) {username} created in {org.key}: {names}. "
+            "Confirm to go ahead.", tokens=lost)
+
+
 @transaction.atomic
 def set_member_role(org: Organization, username: str, role: str,
-                    password: str | None = None, create: bool = True) -> AbstractBaseUser:
-    """Give ``username`` exactly ``role`` in ``org``; create the user when missing."""
+                    password: str | None = None, create: bool = True, *,
+                    actor=None, confirm: bool = False) -> AbstractBaseUser:
+    """Give ``username`` exactly ``role`` in ``org``; create the user when missing.
+
+    The one rule for passwords and membership (UI, API and ``addmember`` all come here):
+    ``password`` is validated with Django's validators for every name alike, and set only on a
+    user created here -- or on an existing user when ``actor`` may set passwords
+    (``may_set_passwords``). Otherwise a password given for an existing name is never applied
+    and the answer is the same as for a new name (no username enumeration); with
+    ``create=False`` (the caller names an existing member) it is refused instead. Tokens the
+    user created that carry rights the new role lacks are revoked, only with ``confirm``
+    (``ConfirmationRequired`` otherwise). Callers check that ``actor`` may administer ``org``.
+    """
     _role_check(role)
     require_org(org)
     username = str(username or "").strip()
     if not username or len(username) > 150:
         raise ValidationError("username must be 1-150 characters.", code="invalid")
+    if password:
+        _check_password(password, username)
     User = get_user_model()
-    user = User.objects.filter(username=username).first()
+    user = User.objects.select_for_update().filter(username=username).first()
     if user is None:
         if not create:
             raise ValidationError(f"User {username!r} does not exist.", code="unknown_user")
@@ -128,9 +205,17 @@ def set_member_role(org: Organization, username: str, role: str,
             user.set_unusable_password()
         user.full_clean(exclude=["password"])
         user.save()
-    elif password:
-        user.set_password(password)
-        user.save(update_fields=["password"])
+    else:
+        if password and may_set_passwords(actor):
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        elif password and not create:
+            raise ValidationError(
+                {"password": ["Passwords apply only to new accounts; only an operator "
+                              "(superuser) sets an existing user's password."]}, code="invalid")
+        lost = tokens_lost(org, user, role)
+        _confirm_loss(org, username, lost, confirm, f"Changing {username} to {role}")
+        _revoke(lost)
     for perm in ALL_PERMS:
         if perm not in ROLE_PERMS[role]:
             remove_perm(perm, user, org)
@@ -140,10 +225,17 @@ def set_member_role(org: Organization, username: str, role: str,
 
 
 @transaction.atomic
-def remove_member(org: Organization, username: str) -> None:
+def remove_member(org: Organization, username: str, *, confirm: bool = False) -> list[ApiToken]:
+    """End ``username``'s membership of ``org`` and revoke the tokens it created there (only with
+    ``confirm`` when there are any: ``ConfirmationRequired``); returns the revoked tokens."""
+    user = get_user_model().objects.filter(username=username).first()
+    lost = tokens_lost(org, user, None)
+    _confirm_loss(org, username, lost, confirm, f"Removing {username}")
     OrganizationUserPermission.objects.filter(
         content_object=org, user__username=username
     ).delete()
+    _revoke(lost)
+    return lost
 
 
 def member_role(org: Organization, user) -> str | None:
@@ -206,8 +298,9 @@ def has_role_perm(user, perm: str, org: Organization) -> bool:
 
 @transaction.atomic
 def create_token(org: Organization, name: str, role: str, created_by=None,
-                 expires: datetime | None = None) -> tuple[ApiToken, str]:
-    """Create a token; the plaintext is returned once and never stored."""
+                 expires: datetime | None = None, reporter_id: str = "") -> tuple[ApiToken, str]:
+    """Create a token; the plaintext is returned once and never stored. ``reporter_id``: the
+    virt-who reporter a reporter token is for (its expiry then shows in reporter health)."""
     _role_check(role)
     name = str(name or "").strip()
     if not name or len(name) > 100:
@@ -220,11 +313,29 @@ def create_token(org: Organization, name: str, role: str, created_by=None,
     if ApiToken.objects.filter(org=org, name=name).exists():
         raise ValidationError(f"A token named {name!r} already exists in {org.key}.",
                               code="duplicate")
+    principal_token = getattr(created_by, "token", None)
+    if principal_token is not None:  # made with a token: it belongs to that token's creator
+        created_by = principal_token.created_by
     plaintext, prefix, digest = make_token()
     token = ApiToken.objects.create(org=org, name=name, role=role, prefix=prefix, digest=digest,
                                     created_by=created_by if getattr(created_by, "pk", None) else None,
-                                    expires=expires)
+                                    expires=expires, reporter_id=str(reporter_id or "")[:255])
     return token, plaintext
+
+
+def reporter_tokens(org: Organization, now: datetime | None = None):
+    """The org's reporter tokens still usable (not revoked, not expired), newest first."""
+    now = now or timezone.now()
+    return (ApiToken.objects.filter(org=org, role="reporter", revoked__isnull=True)
+            .exclude(expires__lte=now).order_by("-created", "-id"))
+
+
+def assign_reporter(token: ApiToken, reporter_id: str) -> None:
+    """Record that a reused reporter token now also serves ``reporter_id`` (when it served
+    none yet: a token reported by several reporters keeps its first)."""
+    if not token.reporter_id:
+        token.reporter_id = str(reporter_id)[:255]
+        token.save(update_fields=["reporter_id"])
 
 
 def revoke_token(org: Organization, token_id: int) -> ApiToken:

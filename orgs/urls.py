@@ -11,4 +11,6 @@ urlpatterns = [
     path("tokens/", views.TokensView.as_view(), name="tokens"),
     path("setup/", views.SetupView.as_view(), name="setup"),
     path("setup/download/", views.SetupDownloadView.as_view(), name="setup_download"),
+    path("register/", views.RegisterSystemView.as_view(), name="register"),
+    path("activation-keys/", views.ActivationKeysView.as_view(), name="activation_keys"),
 ]

@@ -15,14 +15,16 @@ from datetime import date, datetime, timedelta
 
 from django.core.cache import cache
 from django.db.models import Case, Count, F, FloatField, Max, Q, Value, When, Window
-from django.db.models.functions import Cast, RowNumber
+from django.db.models.functions import Cast, Coalesce, RowNumber
 from django.utils import timezone
 from django.views.generic import TemplateView
 
 from hypervisors.models import GuestId, Report
-from orgs.models import Organization, System
+from orgs import content_access
+from orgs.models import ApiToken, Organization, System
 from sam.ui import OrgPageMixin
 from subscriptions import coverage
+from subscriptions.manifest.status import manifest_status
 from subscriptions.models import UNLIMITED, CoverageSnapshot, Entitlement, Pool, Subscription
 
 EXPIRING_DAYS = 90
@@ -33,18 +35,21 @@ REPORTER_HISTORY = 11  # reports per reporter read for its usual interval (10 ga
 SILENT_FACTOR = 2  # silent for longer than this × the usual interval: warn
 DROP_MIN = 5  # a report that drops at least this many guests ...
 DROP_SHARE = 0.25  # ... and at least this share of the guests it had: warn
+TOKEN_WARN_DAYS = 30  # warn this long before a reporter's token expires
 
 
 # --- Pools -------------------------------------------------------------------------------------
 
-def pool_utilisation(org: Organization, now: datetime, limit: int = TOP_POOLS) -> list[Pool]:
-    """The org's shared (not host-derived) current pools, fullest first; unlimited ones last."""
+def pool_utilisation(org: Organization, now: datetime, limit: int | None = TOP_POOLS) -> list[Pool]:
+    """The org's shared (not host-derived) current pools, fullest first; unlimited ones last
+    (``limit=None``: all of them)."""
     share = Case(When(quantity=UNLIMITED, then=Value(-1.0)), When(quantity=0, then=Value(0.0)),
                  default=Cast(F("consumed"), FloatField()) / Cast(F("quantity"), FloatField()),
                  output_field=FloatField())
-    pools = list(Pool.objects.filter(org=org, requires_host__isnull=True, start__lte=now, end__gt=now)
-                 .select_related("product").annotate(share=share)
-                 .order_by("-share", "-consumed", "product__sku", "id")[:limit])
+    pools = (Pool.objects.filter(org=org, requires_host__isnull=True, start__lte=now, end__gt=now)
+             .select_related("product", "subscription").annotate(share=share)
+             .order_by("-share", "-consumed", "product__sku", "id"))
+    pools = list(pools if limit is None else pools[:limit])
     for pool in pools:
         pool.percent = None if pool.unlimited else round(100 * pool.share)
     return pools
@@ -63,7 +68,9 @@ class Reporter:
     hypervisor_last_seen: datetime | None = None
     usual_interval: timedelta | None = None
     warnings: list[str] = field(default_factory=list)
-    note: str = ""
+    reported: bool = False  # a report of it is stored (else its hypervisors came another way)
+    token_name: str = ""  # its reporter token (the setup page links them), the longest-lived
+    token_expires: datetime | None = None  # None: never, or no token known (token_name "")
 
     @property
     def usual(self) -> str:
@@ -90,19 +97,23 @@ def reporter_health(org: Organization, now: datetime) -> list[Reporter]:
     Three queries: the last ``REPORTER_HISTORY`` reports of each reporter (a window function),
     hypervisors per reporter, reported guests per reporter.
     """
+    # Newest activity first: identical re-reports and heartbeats update a row (retention).
+    active = Coalesce("last_seen", "created")
     rows = list(
         Report.objects.filter(org=org, kind__in=[Report.Kind.CHECKIN, Report.Kind.HEARTBEAT])
-        .annotate(rank=Window(RowNumber(), partition_by=[F("reporter_id")],
-                              order_by=[F("created").desc(), F("id").desc()]))
+        .annotate(active=active,
+                  rank=Window(RowNumber(), partition_by=[F("reporter_id")],
+                              order_by=[active.desc(), F("id").desc()]))
         .filter(rank__lte=REPORTER_HISTORY)
-        .values("uuid", "reporter_id", "kind", "created", "guest_count", "diff__counts")
-        .order_by("reporter_id", "-created", "-id")
+        .values("uuid", "reporter_id", "kind", "created", "finished", "guest_count",
+                "diff__counts", "same_as_id", "repeats", "last_seen", "last_heartbeat")
+        .order_by("reporter_id", "-active", "-id")
     )
     reporters: dict[str, Reporter] = {}
     history: dict[str, list[dict]] = {}
     for row in rows:
         history.setdefault(row["reporter_id"], []).append(row)
-    for row in (System.objects.filter(org=org, type=System.Type.HYPERVISOR)
+    for row in (System.objects.filter(org=org).hypervisors()
                 .values("reporter_id").annotate(n=Count("pk"), seen=Max("last_checkin"))
                 .order_by()):
         rep = reporters.setdefault(row["reporter_id"] or "", Reporter(row["reporter_id"] or ""))
@@ -117,22 +128,63 @@ def reporter_health(org: Organization, now: datetime) -> list[Reporter]:
     for key, reports in history.items():
         rep = reporters.setdefault(key, Reporter(key))
         _judge(rep, reports, now)
-    for rep in reporters.values():
-        if rep.reporter_id not in history and rep.hypervisors:
-            rep.note = "no report of this reporter is stored (its hypervisors came another way)"
+        rep.reported = True
+    _token_expiry(org, reporters, now)
     # A reporter that never reported and has nothing left is not worth a row.
     return sorted((r for r in reporters.values() if r.hypervisors or r.guests or r.last_seen),
                   key=lambda r: (not r.warnings, r.reporter_id))
+
+
+def _token_expiry(org: Organization, reporters: dict[str, Reporter], now: datetime) -> None:
+    """Each reporter's usable token that lives longest, and a warning ``TOKEN_WARN_DAYS`` before
+    it expires (or once it has: the reporter's check-ins are then refused)."""
+    tokens = (ApiToken.objects.filter(org=org, role="reporter", revoked__isnull=True)
+              .exclude(reporter_id="").only("name", "expires", "reporter_id")
+              .order_by("reporter_id", "id"))
+    best: dict[str, ApiToken] = {}
+    for token in tokens:
+        if token.reporter_id not in reporters:
+            continue
+        held = best.get(token.reporter_id)
+        if held is None or (held.expires is not None
+                            and (token.expires is None or token.expires > held.expires)):
+            best[token.reporter_id] = token
+    for key, token in best.items():
+        rep = reporters[key]
+        rep.token_name, rep.token_expires = token.name, token.expires
+        if token.expires is None:
+            continue
+        if token.expires <= now:
+            rep.warnings.append(f"its token “{token.name}” expired on {token.expires:%Y-%m-%d}: "
+                                "its reports are refused; make a new token on the setup page")
+        elif token.expires - now <= timedelta(days=TOKEN_WARN_DAYS):
+            days = max(1, (token.expires - now).days)
+            rep.warnings.append(f"its token “{token.name}” expires in {_plural(days, 'day')} "
+                                f"({token.expires:%Y-%m-%d}): make a new one on the setup page")
+
+
+def _times(row: dict) -> list[datetime]:
+    """When a report row was sent, and when the identical reports and heartbeats it stands for
+    were (spread evenly: only their count and the last one are kept)."""
+    first, last, repeats = row["created"], row["last_seen"], min(row["repeats"] or 0,
+                                                                 REPORTER_HISTORY)
+    if not repeats or last is None or last <= first:
+        return [first]
+    return [first + (last - first) * i / repeats for i in range(repeats + 1)]
 
 
 def _judge(rep: Reporter, reports: list[dict], now: datetime) -> None:
     """Fill ``rep`` from its newest-first reports and add the silence / dropped-guests warnings."""
     for row in reports:
         if row["kind"] == Report.Kind.CHECKIN and rep.last_checkin is None:
-            rep.last_checkin, rep.last_checkin_uuid = row["created"], str(row["uuid"])
-        if row["kind"] == Report.Kind.HEARTBEAT and rep.last_heartbeat is None:
-            rep.last_heartbeat = row["created"]
-    times = [row["created"] for row in reports]
+            # A row answering identical reports was last sent when it last finished.
+            sent = row["finished"] if row["same_as_id"] and row["finished"] else row["created"]
+            rep.last_checkin, rep.last_checkin_uuid = sent, str(row["uuid"])
+        beat = row["last_heartbeat"] or (row["created"] if row["kind"] == Report.Kind.HEARTBEAT
+                                         else None)
+        if beat is not None and (rep.last_heartbeat is None or beat > rep.last_heartbeat):
+            rep.last_heartbeat = beat
+    times = sorted({t for row in reports for t in _times(row)}, reverse=True)
     gaps = [newer - older for newer, older in zip(times, times[1:], strict=False) if newer > older]
     if gaps:
         rep.usual_interval = statistics.median(gaps)
@@ -202,13 +254,35 @@ def impact_text(days_left: int, guests: int, hosts: int) -> str:
 
 @dataclass
 class Series:
+    """One line of the chart. Besides its colour it has its own dash pattern and marker shape,
+    so the lines can be told apart without colour (WCAG 1.4.1)."""
+
     name: str
     css: str
     points: list[tuple[float, float]]
+    colour: str = "#1b1f24"
+    dash: str = ""  # stroke-dasharray; "" = solid
+    marker: str = "circle"  # circle, square or triangle
 
     @property
     def points_attr(self) -> str:
         return " ".join(f"{x:g},{y:g}" for x, y in self.points)
+
+    def marker_path(self, x: float, y: float, r: float = 3.5) -> str:
+        """SVG path data of the marker centred on (x, y)."""
+        if self.marker == "square":
+            return f"M{x - r:g},{y - r:g}h{2 * r:g}v{2 * r:g}h{-2 * r:g}z"
+        if self.marker == "triangle":
+            return f"M{x:g},{y - r - 0.5:g}l{r + 0.5:g},{2 * r:g}h{-2 * r - 1:g}z"
+        return f"M{x - r:g},{y:g}a{r:g},{r:g} 0 1,0 {2 * r:g},0a{r:g},{r:g} 0 1,0 {-2 * r:g},0z"
+
+    @property
+    def legend_marker(self) -> str:
+        return self.marker_path(17, 6, 3.5)
+
+    @property
+    def marker_paths(self) -> list[str]:
+        return [self.marker_path(x, y) for x, y in self.points]
 
 
 @dataclass
@@ -224,6 +298,7 @@ class Chart:
     y_max: int
     series: list[Series]
     empty: bool
+    rows: list[tuple[date, int, int, int]] = field(default_factory=list)  # the data table
 
     @property
     def bottom(self) -> int:
@@ -233,9 +308,15 @@ class Chart:
     def right(self) -> int:
         return self.left + self.plot_width
 
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
 
-CHART_SERIES = (("Covered", "valid", "guests_covered"), ("Temporary", "partial", "guests_temporary"),
-                ("Not covered", "invalid", "guests_uncovered"))
+
+# name, css class, snapshot field, colour, dash pattern, marker
+CHART_SERIES = (("Covered", "valid", "guests_covered", "#116329", "", "circle"),
+                ("Temporary", "partial", "guests_temporary", "#8a5a00", "8 4", "square"),
+                ("Not covered", "invalid", "guests_uncovered", "#a40e26", "2 3", "triangle"))
 
 
 def chart(snapshots: list[CoverageSnapshot], today: date, days: int = CHART_DAYS,
@@ -251,15 +332,16 @@ def chart(snapshots: list[CoverageSnapshot], today: date, days: int = CHART_DAYS
     shown = sorted((s for s in snapshots if start <= s.day <= today), key=lambda s: s.day)
     y_max = max([s.guests_covered + s.guests_temporary + s.guests_uncovered for s in shown] + [1])
     series = []
-    for name, css, attr in CHART_SERIES:
+    for name, css, attr, colour, dash, marker in CHART_SERIES:
         points = []
         for snap in shown:
             x = left + (snap.day - start).days * plot_w / (days - 1)
             y = top + plot_h * (1 - getattr(snap, attr) / y_max)
             points.append((round(x, 1), round(y, 1)))
-        series.append(Series(name, css, points))
+        series.append(Series(name, css, points, colour, dash, marker))
+    rows = [(s.day, s.guests_covered, s.guests_temporary, s.guests_uncovered) for s in shown]
     return Chart(width, height, left, top, plot_w, plot_h, start, today, y_max, series,
-                 empty=not shown)
+                 empty=not shown, rows=rows)
 
 
 # --- The page ----------------------------------------------------------------------------------
@@ -283,16 +365,22 @@ class DashboardView(OrgPageMixin, TemplateView):
         today = timezone.localdate()
         snapshots = list(CoverageSnapshot.objects.filter(
             org=org, day__gt=today - timedelta(days=CHART_DAYS), day__lte=today).order_by("day"))
-        version = coverage.data_version()
+        version = coverage.data_version(Report)
+        all_pools = self.request.GET.get("pools") == "all"
+        pools = pool_utilisation(org, now, limit=None if all_pools else TOP_POOLS + 1)
         context.update(
             counts=coverage.cached(org, version),
-            pools=pool_utilisation(org, now),
+            pools=pools if all_pools else pools[:TOP_POOLS],
+            pools_more=not all_pools and len(pools) > TOP_POOLS,
+            pools_all=all_pools,
             reporters=_cached(f"sam:reporters:{org.pk}", lambda: reporter_health(org, now), version),
             reports=list(Report.objects.filter(org=org).order_by("-created", "-id")
                          .only("uuid", "kind", "reporter_id", "state", "created", "hypervisor_count",
                                "guest_count")[:RECENT_REPORTS]),
             expiring=expiring(org, now),
+            manifest=manifest_status(org, now, limit=10),
             chart=chart(snapshots, today),
+            shown_sca=content_access.shown_sca(org),
             now=now,
         )
         return context

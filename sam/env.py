@@ -7,6 +7,7 @@ a mistyped value stops the process at start instead of surfacing later as odd be
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -59,6 +60,15 @@ def env_int(
     if maximum is not None and number > maximum:
         raise ImproperlyConfigured(f"{name}={number} is above the maximum {maximum}.")
     return number
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...], environ=None) -> str:
+    value = _raw(name, environ)
+    if value is None or value == "":
+        return default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
 
 
 def env_list(name: str, default: list[str], environ=None) -> list[str]:
@@ -190,6 +200,28 @@ def redis_url(environ=None) -> str | None:
     if db and not db.isdigit():
         raise ImproperlyConfigured(f"REDIS_URL database {db!r} must be a number (redis://h:6379/0).")
     return url
+
+
+def redis_cache_location(url: str) -> str:
+    """``REDIS_URL`` as redis-py's connection pool reads it (kombu's ``redis+socket://`` is
+    ``unix://`` there)."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url[len("redis+socket://"):]
+    return url
+
+
+def forwarded_allow_ips(environ=None) -> list[str]:
+    """``SAM_FORWARDED_ALLOW_IPS``: comma-separated proxy addresses (or ``*``); none if unset."""
+    items = env_list("SAM_FORWARDED_ALLOW_IPS", [], environ)
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ImproperlyConfigured(f"SAM_FORWARDED_ALLOW_IPS: {item!r} is not an IP address "
+                                       "(give comma-separated addresses, or *).") from None
+    return items
 
 
 def _redact(url: str) -> str:

@@ -19,3 +19,13 @@ class EntitlementRefused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class ConfirmationRequired(Exception):
+    """A membership change would revoke API tokens: the caller confirms after seeing ``tokens``
+    (the API answers 409 until ``confirm=true``, the web UI shows a confirmation page)."""
+
+    def __init__(self, message: str, tokens: list):
+        super().__init__(message)
+        self.message = message
+        self.tokens = tokens

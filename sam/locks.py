@@ -17,13 +17,15 @@ from django.db import connection
 ORG_REPORT = 1  # one report applied per org at a time (hypervisors ingest)
 SYSTEM = 2  # entitlements of one system change under this lock (host auto-attach, resolution)
 SWEEP = 3  # periodic sweeps must not overlap: id = the sweep's number below
-ORG_HEAL = 4
+# 4 was ORG_HEAL, never taken by any code: retired, not to be reused.
 
 SWEEP_EXPIRE_UNMAPPED = 1
 SWEEP_EXPIRE_SUBSCRIPTIONS = 2
 SWEEP_HEAL_ALL = 3
 SWEEP_REQUEUE_REPORTS = 4
 SWEEP_COVERAGE_SNAPSHOTS = 5
+SWEEP_PRUNE_HISTORY = 6
+SWEEP_RESOLVE_PENDING = 7  # one run of tasks.resolve_pending at a time
 
 
 def _is_postgres() -> bool:
@@ -37,10 +39,32 @@ def xact_lock(namespace: int, key: int) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [namespace, _int4(key)])
 
 
+def try_xact_lock(namespace: int, key: int) -> bool:
+    """Take the lock until the current transaction ends if it is free; never wait."""
+    if not _is_postgres():
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [namespace, _int4(key)])
+        return bool(cursor.fetchone()[0])
+
+
 def xact_lock_many(namespace: int, keys: Iterable[int]) -> None:
     """Take several locks in ascending order, so two callers can never deadlock each other."""
     for key in sorted(set(keys)):
         xact_lock(namespace, key)
+
+
+def xact_lock_all(namespace: int, keys: Iterable[int]) -> None:
+    """``xact_lock_many`` in one statement, whatever the number of keys (set-based resolution):
+    the locks are taken one after the other in ascending key order, like ``xact_lock_many``."""
+    ordered = [_int4(k) for k in sorted(set(keys))]
+    if not ordered or not _is_postgres():
+        return
+    with connection.cursor() as cursor:
+        # WITH ORDINALITY + ORDER BY: the function runs per row in the array's (sorted) order.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, t.key) FROM unnest(%s::int[]) "
+                       "WITH ORDINALITY AS t(key, n) ORDER BY t.n", [namespace, ordered])
+        cursor.fetchall()
 
 
 def _int4(key: int) -> int:

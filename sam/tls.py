@@ -12,6 +12,7 @@ import fcntl
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,15 +117,23 @@ def ensure_self_signed(directory: Path | str) -> tuple[Path, Path, bool]:
     An existing pair is reused as it is (also when it has expired: ``serve`` warns, the
     operator deletes it to get a new one). A half pair (one file lost) is replaced.
     """
+    return ensure_pair(directory, CERT_NAME, KEY_NAME, generate)
+
+
+def ensure_pair(directory: Path | str, cert_name: str, key_name: str,
+                make: Callable[[], tuple[bytes, bytes]]) -> tuple[Path, Path, bool]:
+    """``(cert_path, key_path, created)``: the pair in ``directory``, or one from ``make()``
+    (``(cert_pem, key_pem)``) written under a lock in that directory, so concurrent processes
+    starting at once agree on a single pair. A half pair (one file lost) is replaced."""
     directory = Path(directory)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert_path, key_path = directory / CERT_NAME, directory / KEY_NAME
+    cert_path, key_path = directory / cert_name, directory / key_name
     with open(directory / ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if cert_path.is_file() and key_path.is_file():
                 return cert_path, key_path, False
-            cert_pem, key_pem = generate()
+            cert_pem, key_pem = make()
             _write(key_path, key_pem, 0o600)
             _write(cert_path, cert_pem, 0o644)
             return cert_path, key_path, True

@@ -7,7 +7,7 @@ from sam import ui
 
 urlpatterns = [
     path("", ui.home, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", ui.SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("o/<slug:org_key>/", include("sam.dashboard_urls")),
     path("o/<slug:org_key>/", include("orgs.urls")),

@@ -11,7 +11,8 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
-from orgs.admin import (
+from sam import inputs
+from sam.admin import (
     ReadOnlyAdminMixin,
     ReadOnlyInline,
     SamAdmin,
@@ -71,22 +72,6 @@ class PoolEntitlementInline(ReadOnlyInline):
         return super().get_queryset(request).select_related("system")
 
 
-class SystemEntitlementInline(ReadOnlyInline):
-    """What a system consumes (shown on the System page)."""
-
-    model = Entitlement
-    fk_name = "system"
-    fields = ("pool", "subscription", "quantity", "start", "end", "created")
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related(
-            "pool__product", "pool__subscription__product")
-
-    @admin.display(description="Subscription")
-    def subscription(self, obj: Entitlement) -> str:
-        return str(obj.pool.subscription)
-
-
 # --- Products ---------------------------------------------------------------------------------
 
 class ProductForm(forms.ModelForm):
@@ -120,8 +105,8 @@ class ProductForm(forms.ModelForm):
 
 @admin.register(Product)
 class ProductAdmin(SamAdmin):
-    """Saved through ``create_product`` (normalised attributes). Changing ``virt_limit`` does not
-    regenerate existing pools: change the subscription afterwards."""
+    """Saved through ``create_product`` (normalised attributes); changed attributes regenerate
+    the pools built from the product (domain.md 3.6), as through the API and the import."""
 
     form = ProductForm
     list_display = ("sku", "name", "org", "virt_limit", "derived_product", "updated")
@@ -164,6 +149,18 @@ class SubscriptionForm(forms.ModelForm):
             if name in self.fields:
                 self.fields[name].queryset = Product.objects.select_related("org")
                 self.fields[name].label_from_instance = _label_with_org
+
+    def clean_start(self):
+        return self._in_range("start")
+
+    def clean_end(self):
+        return self._in_range("end")
+
+    def _in_range(self, name: str):
+        value = self.cleaned_data[name]
+        if value is not None:
+            inputs.validate_datetime_range(value)
+        return value
 
     def clean_quantity(self) -> int:
         quantity = self.cleaned_data["quantity"]

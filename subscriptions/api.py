@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import django_filters as filters
 from django.db import transaction
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Prefetch, Q
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, serializers, status
+from rest_framework.exceptions import ParseError
 from rest_framework.response import Response
 
-from sam.api.base import OrgScopedViewSet, check_if_match, etag, org_path
-from subscriptions import importer, services
+from orgs import activation
+from orgs.models import ActivationKey
+from sam import inputs
+from sam.api.base import LargeBodyMixin, OrgScopedViewSet, check_if_match, etag, org_path
+from sam.api.parsers import JSONParser
+from subscriptions import importer, queries, services
 from subscriptions import serializers as s
 from subscriptions.models import Entitlement, EntitlementEvent, Pool, Product, Subscription
 
@@ -42,7 +47,7 @@ def _with_etag(response: Response, obj) -> Response:
 )
 @org_path
 class ProductViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):
-    queryset = Product.objects.select_related("derived_product").prefetch_related("provided_products")
+    queryset = queries.products()
     serializer_class = s.ProductSerializer
     lookup_field = "sku"
     lookup_value_regex = "[^/]+"
@@ -110,12 +115,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgS
     """Changing or deleting a subscription regenerates its pools and re-resolves the systems
     concerned (entitlements beyond a reduced quantity are revoked, newest first)."""
 
-    queryset = (
-        Subscription.objects.select_related("product", "derived_product")
-        .prefetch_related(Prefetch("pools", to_attr="primary_pools",
-                                   queryset=Pool.objects.filter(requires_host__isnull=True).order_by("type")))
-        .annotate(derived_pool_count=Count("pools", filter=Q(pools__requires_host__isnull=False)))
-    )
+    queryset = queries.subscriptions()
     serializer_class = s.SubscriptionSerializer
     lookup_field = "uuid"
     filterset_class = SubscriptionFilter
@@ -243,7 +243,8 @@ class EventFilter(filters.FilterSet):
     action = filters.ChoiceFilter(choices=EntitlementEvent.Action.choices)
     reason = filters.CharFilter()
     trigger = filters.CharFilter()
-    since = filters.IsoDateTimeFilter(field_name="created", lookup_expr="gte")
+    since = filters.IsoDateTimeFilter(field_name="created", lookup_expr="gte",
+                                      validators=[inputs.validate_datetime_range])
 
     class Meta:
         model = EntitlementEvent
@@ -283,8 +284,10 @@ class CSVTextParser(parsers.BaseParser):
     responses={200: s.ImportResultSerializer, 400: s.ImportErrorSerializer},
 ))
 @org_path
-class ImportViewSet(OrgScopedViewSet):
-    parser_classes = [parsers.JSONParser, parsers.MultiPartParser, CSVTextParser]
+class ImportViewSet(LargeBodyMixin, OrgScopedViewSet):
+    # Up to the import limit (not Django's 2.5 MB): JSON, CSV text or a multipart upload.
+    sam_body_limit = importer.MAX_BODY
+    parser_classes = [JSONParser, parsers.MultiPartParser, CSVTextParser]
     serializer_class = s.ImportResultSerializer
     queryset = Product.objects.none()
     pagination_class = None
@@ -305,10 +308,85 @@ class ImportViewSet(OrgScopedViewSet):
             else:
                 rows = importer.parse_json(request.data)
             result = importer.run(self.org, rows, dry_run=dry_run)
-        except importer.InvalidImport as exc:
-            body = {"error": {"code": "invalid_import", "message": exc.message, "rows": exc.rows}}
-            return Response(body, status=400)
-        return Response(result)
+        except ParseError as error:  # malformed, too deep, NUL or surrogates: the whole body
+            failure = importer.InvalidImport(str(error.detail))
+        except importer.InvalidImport as error:
+            failure = error
+        else:
+            return Response(result)
+        body = {"error": {"code": "invalid_import", "message": failure.message, "rows": failure.rows}}
+        return Response(body, status=400)
+
+
+
+# --- Activation keys --------------------------------------------------------------------------
+
+class ActivationKeyPoolSerializer(serializers.Serializer):
+    pool = serializers.UUIDField(source="pool_uuid", help_text="Pool uuid (of this org).")
+    quantity = serializers.IntegerField(min_value=1, max_value=inputs.INT32_MAX, allow_null=True,
+                                        required=False, help_text="Units; null: the engine chooses.")
+
+
+class ActivationKeySerializer(serializers.ModelSerializer):
+    pools = ActivationKeyPoolSerializer(many=True, required=False)
+
+    class Meta:
+        model = ActivationKey
+        fields = ["uuid", "name", "description", "auto_attach", "service_level", "release_ver",
+                  "usage", "role", "pools", "created", "updated"]
+        read_only_fields = ["uuid", "created", "updated"]
+        # Uniqueness per org is checked by orgs.activation (the org is not a field here).
+        validators = []
+        extra_kwargs = {"name": {"validators": []}}
+
+
+@org_path
+class ActivationKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):
+    """Activation keys register systems without credentials (``subscription-manager register
+    --activationkey``): admins manage them, viewers read them. ``pools`` replaces the key's pools."""
+
+    queryset = ActivationKey.objects.prefetch_related("pools")
+    serializer_class = ActivationKeySerializer
+    lookup_field = "uuid"
+    ordering = ["name", "id"]
+
+    def _set_pools(self, key: ActivationKey, pools: list[dict] | None) -> None:
+        if pools is None:
+            return
+        known = set(Pool.objects.filter(org=self.org, uuid__in=[p["pool_uuid"] for p in pools])
+                    .values_list("uuid", flat=True))
+        missing = [str(p["pool_uuid"]) for p in pools if p["pool_uuid"] not in known]
+        if missing:
+            raise serializers.ValidationError({"pools": [f"Pool {missing[0]} does not exist in "
+                                                         f"organization {self.org.key}."]})
+        key.pools.exclude(pool_uuid__in=[p["pool_uuid"] for p in pools]).delete()
+        for entry in pools:
+            activation.add_pool(key, entry["pool_uuid"], entry.get("quantity"))
+
+    def create(self, request, *args, **kwargs):
+        write = ActivationKeySerializer(data=request.data)
+        write.is_valid(raise_exception=True)
+        data = dict(write.validated_data)
+        pools = data.pop("pools", None)
+        with transaction.atomic():
+            key = activation.create_key(self.org, data.pop("name"), **data)
+            self._set_pools(key, pools)
+        return Response(ActivationKeySerializer(self.get_queryset().get(pk=key.pk)).data, status=201)
+
+    def partial_update(self, request, *args, **kwargs):
+        key = self.get_object()
+        write = ActivationKeySerializer(data=request.data, partial=True)
+        write.is_valid(raise_exception=True)
+        data = dict(write.validated_data)
+        pools = data.pop("pools", None)
+        with transaction.atomic():
+            key = activation.update_key(key, **data)
+            self._set_pools(key, pools)
+        return Response(ActivationKeySerializer(self.get_queryset().get(pk=key.pk)).data)
+
+    def destroy(self, request, *args, **kwargs):
+        activation.delete_key(self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 ROUTES = [
@@ -318,4 +396,5 @@ ROUTES = [
     (r"orgs/(?P<org_key>[^/.]+)/entitlements", EntitlementViewSet, "entitlement"),
     (r"orgs/(?P<org_key>[^/.]+)/events", EntitlementEventViewSet, "entitlement-event"),
     (r"orgs/(?P<org_key>[^/.]+)/import", ImportViewSet, "import"),
+    (r"orgs/(?P<org_key>[^/.]+)/activation-keys", ActivationKeyViewSet, "activation-key"),
 ]

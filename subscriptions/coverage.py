@@ -1,11 +1,10 @@
 """Coverage counts of an org, set-based, and the daily snapshots behind the dashboard chart.
 
-A registered guest is **covered** when it holds a current entitlement from any pool that is not
-an UNMAPPED_GUEST pool, **temporary** when its only current entitlements come from UNMAPPED_GUEST
-pools, else **uncovered**. A hypervisor **has a subscription** when it holds any current
-entitlement. Each count is one aggregate query whatever the size of the org; the dashboard
-caches them for ``CACHE_SECONDS`` (and drops the cached copy as soon as an entitlement event or a
-new system appears, so a change shows at once without scanning on every page view).
+Guest, hypervisor, covered / temporarily covered / not covered and "has a subscription" are
+defined once, in ``orgs.models.SystemQuerySet``. Each count is one aggregate query whatever the
+size of the org; the dashboard caches them for ``CACHE_SECONDS`` (and drops the cached copy as
+soon as an entitlement event or a new system appears, so a change shows at once without scanning
+on every page view).
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ from datetime import date, datetime
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Model, Q
 from django.utils import timezone
 
 from orgs.models import Organization, System
-from subscriptions.models import CoverageSnapshot, Entitlement, EntitlementEvent, Pool
+from subscriptions.models import CoverageSnapshot, Entitlement, EntitlementEvent
 
 CACHE_SECONDS = 60
 
@@ -45,35 +44,31 @@ class Coverage:
 
 
 def current_entitlements(now: datetime):
-    """Entitlements in force at ``now`` (their own and their pool's period), for ``Exists``."""
-    return Entitlement.objects.filter(start__lte=now, end__gt=now, pool__start__lte=now,
-                                      pool__end__gt=now)
+    """Entitlements in force at ``now`` (``EntitlementQuerySet.in_force``)."""
+    return Entitlement.objects.in_force(now)
 
 
 def compute(org: Organization, now: datetime | None = None) -> Coverage:
-    """The five counts in two aggregate queries (guests, hypervisors)."""
+    """The five counts in two aggregate queries (guests, hypervisors), with the definitions of
+    ``SystemQuerySet`` (the lists the dashboard links to filter with the same ones)."""
     now = now or timezone.now()
-    held = current_entitlements(now).filter(system=OuterRef("pk"))
-    guests = (System.objects.filter(org=org, type=System.Type.SYSTEM, is_guest=True)
-              .annotate(full=Exists(held.exclude(pool__type=Pool.Type.UNMAPPED_GUEST)),
-                        temp=Exists(held.filter(pool__type=Pool.Type.UNMAPPED_GUEST)))
-              .aggregate(covered=Count("pk", filter=Q(full=True)),
-                         temporary=Count("pk", filter=Q(full=False, temp=True)),
-                         uncovered=Count("pk", filter=Q(full=False, temp=False))))
-    hypervisors = (System.objects.filter(org=org, type=System.Type.HYPERVISOR)
-                   .annotate(subscribed=Exists(held))
-                   .aggregate(yes=Count("pk", filter=Q(subscribed=True)),
-                              no=Count("pk", filter=Q(subscribed=False))))
+    systems = System.objects.filter(org=org).with_coverage(now)
+    guests = systems.guests().aggregate(
+        covered=Count("pk", filter=Q(has_full=True)),
+        temporary=Count("pk", filter=Q(has_full=False, has_temp=True)),
+        uncovered=Count("pk", filter=Q(subscribed=False)))
+    hypervisors = systems.hypervisors().aggregate(yes=Count("pk", filter=Q(subscribed=True)),
+                                                  no=Count("pk", filter=Q(subscribed=False)))
     return Coverage(guests["covered"], guests["temporary"], guests["uncovered"],
                     hypervisors["yes"], hypervisors["no"])
 
 
-def data_version() -> tuple:
-    """Cheap change marker (primary-key maxima, index-only): a new entitlement event, system or
-    report means cached dashboard numbers are stale."""
-    from hypervisors.models import Report
-
-    tables = (EntitlementEvent._meta.db_table, System._meta.db_table, Report._meta.db_table)
+def data_version(*also: type[Model]) -> tuple:
+    """Cheap change marker (primary-key maxima, index-only): a new entitlement event or system,
+    or a new row of a model in ``also`` (the dashboard adds its reports), means cached numbers
+    are stale."""
+    counted: tuple[type[Model], ...] = (EntitlementEvent, System, *also)
+    tables = [model._meta.db_table for model in counted]
     sql = "SELECT " + ", ".join(f"(SELECT MAX(id) FROM {table})" for table in tables)
     with connection.cursor() as cursor:
         cursor.execute(sql)

@@ -1,19 +1,123 @@
 """Entitlement rules as pure computation (domain.md sections 3, 4, 5 and 7).
 
-Nothing here touches the database: callers load the rows (with their related objects) and
-pass them in, so every rule can be read, tested and reused by resolution, explanation and the
-API without hidden queries.
+Nothing here touches the database and nothing imports the models: callers pass rows that have
+the attributes the protocols below name (model instances with their related rows loaded, or
+plain objects in tests), and the catalog as plain data (``subscriptions.catalog`` loads it). So
+every rule can be read, unit-tested and reused by resolution, explanation and the API without
+hidden queries.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
 
-from orgs.models import Organization, System
-from subscriptions.models import UNLIMITED, Entitlement, Pool, Product, Subscription
+UNLIMITED = -1  # a quantity without bound (pools, subscriptions, virt_limit)
+# Pool types (the values of ``subscriptions.models.Pool.Type``, Candlepin's names).
+NORMAL = "NORMAL"
+UNMAPPED_GUEST = "UNMAPPED_GUEST"
+BONUS = "BONUS"
+
+
+# --- What the rules read (model rows satisfy these; tests pass plain objects) -----------------
+
+class ProductRow(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def sku(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, Any] | None: ...
+
+
+P = TypeVar("P", bound=ProductRow)  # the caller's product rows come back as they went in
+P_co = TypeVar("P_co", bound=ProductRow, covariant=True)
+
+
+class SubscriptionRow(Protocol[P_co]):
+    @property
+    def product(self) -> P_co: ...
+    @property
+    def derived_product(self) -> P_co | None: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def managed(self) -> bool: ...
+
+
+class PoolRow(Protocol[P_co]):
+    @property
+    def id(self) -> int: ...
+    @property
+    def org_id(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def product(self) -> P_co: ...
+    @property
+    def product_id(self) -> int: ...
+    @property
+    def subscription(self) -> SubscriptionRow[P_co]: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def consumed(self) -> int: ...
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime: ...
+    @property
+    def created(self) -> datetime: ...
+    @property
+    def virt_only(self) -> bool: ...
+    @property
+    def physical_only(self) -> bool: ...
+    @property
+    def unmapped_guests_only(self) -> bool: ...
+    @property
+    def multi_entitlement(self) -> bool: ...
+    @property
+    def requires_host_id(self) -> int | None: ...
+
+
+AnyPool = PoolRow[ProductRow]
+
+
+class SystemRow(Protocol):
+    @property
+    def org_id(self) -> int: ...
+    @property
+    def is_guest(self) -> bool: ...
+    @property
+    def registered_at(self) -> datetime: ...
+    @property
+    def sockets(self) -> int: ...
+    @property
+    def installed_product_ids(self) -> Sequence[str]: ...
+
+
+class OrgRow(Protocol):
+    @property
+    def unmapped_window(self) -> timedelta: ...
+    @property
+    def unmapped_lifetime(self) -> timedelta: ...
+
+
+class EntitlementRow(Protocol):
+    @property
+    def pool(self) -> AnyPool: ...
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def uuid(self) -> Any: ...
+
 
 # --- Refusal reasons (stable keys used by the API, the UI and explanations) ------------------
 
@@ -33,7 +137,7 @@ REFUSALS = {
 }
 
 
-def refusal_message(reason: str, pool: Pool | None = None) -> str:
+def refusal_message(reason: str, pool: AnyPool | None = None) -> str:
     text = REFUSALS.get(reason, reason)
     if reason == "pool_exhausted" and pool is not None:
         return f"pool exhausted ({pool.consumed} of {pool.quantity} used)"
@@ -42,7 +146,7 @@ def refusal_message(reason: str, pool: Pool | None = None) -> str:
 
 # --- Attributes ------------------------------------------------------------------------------
 
-def attr(product: Product, name: str, default: str | None = None) -> str | None:
+def attr(product: ProductRow, name: str, default: str | None = None) -> str | None:
     value = (product.attributes or {}).get(name)
     return default if value is None else str(value)
 
@@ -51,7 +155,7 @@ def is_true(value: str | None) -> bool:
     return str(value).strip().lower() in {"true", "1", "yes"}
 
 
-def virt_limit(product: Product) -> int | None:
+def virt_limit(product: ProductRow) -> int | None:
     """``virt_limit`` as guests per host: -1 unlimited, None when absent or not positive."""
     raw = attr(product, "virt_limit")
     if raw is None:
@@ -65,7 +169,7 @@ def virt_limit(product: Product) -> int | None:
     return value if value > 0 else None
 
 
-def int_attr(product: Product, name: str, default: int) -> int:
+def int_attr(product: ProductRow, name: str, default: int) -> int:
     try:
         value = int(str(attr(product, name, str(default))).strip())
     except ValueError:
@@ -73,7 +177,7 @@ def int_attr(product: Product, name: str, default: int) -> int:
     return value if value > 0 else default
 
 
-def stacking_id(product: Product) -> str | None:
+def stacking_id(product: ProductRow) -> str | None:
     value = attr(product, "stacking_id")
     return value or None
 
@@ -81,25 +185,27 @@ def stacking_id(product: Product) -> str | None:
 # --- Pools from a subscription (domain.md 3.1-3.2) -------------------------------------------
 
 @dataclass(frozen=True)
-class PoolSpec:
+class PoolSpec(Generic[P]):
     type: str
-    product: Product
+    product: P
     quantity: int
-    attributes: dict
+    attributes: dict[str, str]
     virt_only: bool = False
     physical_only: bool = False
     unmapped_guests_only: bool = False
     multi_entitlement: bool = False
 
 
-def pools_for_subscription(subscription: Subscription) -> list[PoolSpec]:
+def pools_for_subscription(subscription: SubscriptionRow[P]) -> list[PoolSpec[P]]:
     """The NORMAL pool, plus an UNMAPPED_GUEST pool when the product has ``virt_limit``."""
     product = subscription.product
-    multiplier = int_attr(product, "instance_multiplier", 1)
+    # A manifest's quantity was multiplied upstream: Candlepin skips instance_multiplier for
+    # pools with an upstream pool id (manifest.md 2.2 and 4).
+    multiplier = 1 if subscription.managed else int_attr(product, "instance_multiplier", 1)
     quantity = UNLIMITED if subscription.quantity == UNLIMITED else subscription.quantity * multiplier
     specs = [
         PoolSpec(
-            type=Pool.Type.NORMAL,
+            type=NORMAL,
             product=product,
             quantity=quantity,
             attributes={},
@@ -113,7 +219,7 @@ def pools_for_subscription(subscription: Subscription) -> list[PoolSpec]:
         guest_product = subscription.derived_product or product
         specs.append(
             PoolSpec(
-                type=Pool.Type.UNMAPPED_GUEST,
+                type=UNMAPPED_GUEST,
                 product=guest_product,
                 quantity=UNLIMITED if UNLIMITED in (limit, quantity) else limit * quantity,
                 attributes={"virt_only": "true", "pool_derived": "true",
@@ -125,39 +231,53 @@ def pools_for_subscription(subscription: Subscription) -> list[PoolSpec]:
     return specs
 
 
-def derived_pool_product(pool: Pool) -> Product:
+def derived_pool_product(pool: PoolRow[P]) -> P:
     """What guests of a host get from a host's entitlement to ``pool`` (derived if present)."""
     return pool.subscription.derived_product or pool.subscription.product
 
 
-def makes_derived_pool(pool: Pool, system: System) -> bool:
+def is_host_subscription(pool: AnyPool) -> bool:
+    """A **host subscription** (one with virtual guests): a NORMAL pool whose product has
+    ``virt_limit``; attached to a hypervisor, its guests get the derived pool."""
+    return pool.type == NORMAL and virt_limit(pool.subscription.product) is not None
+
+
+def makes_derived_pool(pool: AnyPool, system: SystemRow) -> bool:
     """A non-guest entitled to a pool whose product has ``virt_limit`` gets a derived pool."""
     return (
         not system.is_guest
-        and pool.type in (Pool.Type.NORMAL, Pool.Type.BONUS)
+        and pool.type in (NORMAL, BONUS)
         and virt_limit(pool.subscription.product) is not None
     )
 
 
 # --- What covers what ------------------------------------------------------------------------
 
-class Catalog:
-    """The org's products with the engineering products each provides (one load per run)."""
+@dataclass(frozen=True)
+class CatalogProduct:
+    """One product of the org as the catalog needs it: plain data, no database behind it."""
 
-    def __init__(self, products: Iterable[Product]):
-        self.by_id: dict[int, Product] = {}
+    id: int
+    sku: str
+    name: str
+    provided: frozenset[str] = frozenset()  # SKUs of the engineering products it provides
+
+
+class Catalog:
+    """The org's products with the engineering products each provides (one load per run:
+    ``subscriptions.catalog.load_catalog``)."""
+
+    def __init__(self, products: Iterable[CatalogProduct]) -> None:
         self.provides: dict[int, frozenset[str]] = {}
         self.names: dict[str, str] = {}
         for product in products:
-            self.by_id[product.id] = product
-            provided = {p.sku for p in product.provided_products.all()}
-            self.provides[product.id] = frozenset({product.sku} | provided)
+            self.provides[product.id] = frozenset({product.sku} | product.provided)
             self.names[product.sku] = product.name
 
-    def pool_provides(self, pool: Pool) -> frozenset[str]:
+    def pool_provides(self, pool: AnyPool) -> frozenset[str]:
         return self.provides.get(pool.product_id, frozenset({pool.product.sku}))
 
-    def host_pool_provides_for_guests(self, pool: Pool) -> frozenset[str]:
+    def host_pool_provides_for_guests(self, pool: AnyPool) -> frozenset[str]:
         """Products a guest gets once its host is entitled to ``pool``."""
         product = derived_pool_product(pool)
         return self.provides.get(product.id, frozenset({product.sku}))
@@ -172,7 +292,7 @@ class Catalog:
 class SystemView:
     """What the checks need to know about a system at one moment."""
 
-    system: System
+    system: SystemRow
     host_id: int | None
     held_pool_ids: set[int] = field(default_factory=set)
 
@@ -181,11 +301,11 @@ class SystemView:
         return self.system.is_guest
 
 
-def within_unmapped_window(system: System, org: Organization, now: datetime) -> bool:
+def within_unmapped_window(system: SystemRow, org: OrgRow, now: datetime) -> bool:
     return now < system.registered_at + org.unmapped_window
 
 
-def check_pool(view: SystemView, pool: Pool, org: Organization, now: datetime,
+def check_pool(view: SystemView, pool: AnyPool, org: OrgRow, now: datetime,
                quantity: int = 1) -> str | None:
     """The first reason ``view.system`` may not take ``quantity`` of ``pool``, or None."""
     system = view.system
@@ -222,7 +342,7 @@ def check_pool(view: SystemView, pool: Pool, org: Organization, now: datetime,
 
 # --- Ordering of candidates (domain.md 5, step 5) --------------------------------------------
 
-def guest_rank(pool: Pool, host_id: int | None) -> int:
+def guest_rank(pool: AnyPool, host_id: int | None) -> int:
     if pool.requires_host_id is not None and pool.requires_host_id == host_id:
         return 0
     if pool.virt_only:
@@ -230,12 +350,12 @@ def guest_rank(pool: Pool, host_id: int | None) -> int:
     return 2
 
 
-def candidate_order(pool: Pool, units: int, host_id: int | None = None) -> tuple:
+def candidate_order(pool: AnyPool, units: int, host_id: int | None = None) -> tuple[Any, ...]:
     """Best first: host's pools, other virt-only, normal; then fewest units, soonest end."""
     return (guest_rank(pool, host_id), units, pool.end, pool.created, pool.id)
 
 
-def units_for_stack(system: System, product: Product, covered_sockets: int) -> int:
+def units_for_stack(system: SystemRow, product: ProductRow, covered_sockets: int) -> int:
     """Units of a socket-stacked product still needed to cover the system's sockets."""
     per_unit = int_attr(product, "sockets", 0)
     if per_unit <= 0:
@@ -246,33 +366,36 @@ def units_for_stack(system: System, product: Product, covered_sockets: int) -> i
 
 # --- Compliance (domain.md 7) ----------------------------------------------------------------
 
+E = TypeVar("E", bound=EntitlementRow)  # the caller's entitlement rows come back as they went in
+
+
 @dataclass
-class ProductStatus:
+class ProductStatus(Generic[E]):
     product_id: str
     status: str  # valid | partial | invalid
     reasons: list[str]
-    entitlements: list[Entitlement]
+    entitlements: list[E]
 
 
 @dataclass
-class Compliance:
+class Compliance(Generic[E]):
     status: str  # valid | partial | invalid | disabled
-    products: dict[str, ProductStatus]
-    reasons: list[dict]
-    partial_stacks: dict[str, list[Entitlement]]
+    products: dict[str, ProductStatus[E]]
+    reasons: list[dict[str, Any]]
+    partial_stacks: dict[str, list[E]]
 
     @property
     def compliant(self) -> bool:
         return not self.reasons
 
 
-def active(entitlement: Entitlement, now: datetime) -> bool:
+def active(entitlement: EntitlementRow, now: datetime) -> bool:
     return entitlement.start <= now < entitlement.end and entitlement.pool.start <= now < entitlement.pool.end
 
 
-def stack_coverage(system: System, entitlements: Iterable[Entitlement]) -> dict[str, tuple[int, list]]:
+def stack_coverage(system: SystemRow, entitlements: Iterable[E]) -> dict[str, tuple[int, list[E]]]:
     """Sockets covered per stacking id (sum of ``sockets × quantity``), for non-guests."""
-    stacks: dict[str, tuple[int, list]] = {}
+    stacks: dict[str, tuple[int, list[E]]] = {}
     for ent in entitlements:
         product = ent.pool.product
         stack = stacking_id(product)
@@ -284,7 +407,8 @@ def stack_coverage(system: System, entitlements: Iterable[Entitlement]) -> dict[
     return stacks
 
 
-def stack_short(system: System, product: Product, stacks: dict[str, tuple[int, list]]) -> bool:
+def stack_short(system: SystemRow, product: ProductRow,
+                stacks: Mapping[str, tuple[int, Sequence[E]]]) -> bool:
     """True when a socket-limited stack does not cover the system's sockets (guests exempt)."""
     if system.is_guest or int_attr(product, "sockets", 0) <= 0:
         return False
@@ -294,14 +418,16 @@ def stack_short(system: System, product: Product, stacks: dict[str, tuple[int, l
     return stacks.get(stack, (0, []))[0] < system.sockets
 
 
-def compliance(system: System, entitlements: list[Entitlement], catalog: Catalog,
-               org: Organization, now: datetime) -> Compliance:
-    """Status per installed product and for the system, with Candlepin's reason keys."""
+def compliance(system: SystemRow, entitlements: Sequence[E], catalog: Catalog,
+               org: OrgRow, now: datetime) -> Compliance[E]:
+    """Status per installed product and for the system, with Candlepin's reason keys. The
+    content access mode plays no part: consumers shown SCA are accounted alike and only the
+    wire says ``disabled`` to them (orgs.content_access; domain.md 7)."""
     current = [e for e in entitlements if active(e, now)]
     stacks = stack_coverage(system, current)
-    products: dict[str, ProductStatus] = {}
-    reasons: list[dict] = []
-    partial_stacks: dict[str, list[Entitlement]] = {}
+    products: dict[str, ProductStatus[E]] = {}
+    reasons: list[dict[str, Any]] = []
+    partial_stacks: dict[str, list[E]] = {}
     for stack, (sockets, ents) in stacks.items():
         if stack_short(system, ents[0].pool.product, stacks):
             partial_stacks[stack] = ents
@@ -334,9 +460,7 @@ def compliance(system: System, entitlements: list[Entitlement], catalog: Catalog
                             "Guest has not been reported on any host and is using a temporary "
                             "unmapped guest subscription.",
                             "attributes": {"entitlement_id": str(ent.uuid)}})
-    if org.content_access_mode == Organization.ContentAccess.SCA:
-        status = "disabled"
-    elif not reasons:
+    if not reasons:
         status = "valid"
     elif any(p.status == "invalid" for p in products.values()):
         status = "invalid"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 
@@ -21,10 +20,12 @@ from django.db import transaction
 from django.utils import dateparse, timezone
 
 from orgs.models import Organization
+from sam import inputs
 from subscriptions import services
 from subscriptions.models import UNLIMITED, Product, Subscription
 
 MAX_BYTES = 10 * 1024 * 1024
+MAX_BODY = MAX_BYTES + 64 * 1024  # a request carrying such a file (multipart framing)
 MAX_ROWS = 10_000
 PRODUCT_FIELDS = {"sku", "name", "attributes", "provided", "derived"}
 SUBSCRIPTION_FIELDS = {"product", "quantity", "start", "end", "derived", "contract_number",
@@ -96,10 +97,14 @@ def parse(content: bytes | str, filename: str = "", content_type: str = "") -> l
         except UnicodeDecodeError:
             raise InvalidImport("The file is not UTF-8 text.") from None
     content = content.lstrip("\ufeff")
+    if inputs.bad_text(content):  # one C-speed scan of the text, CSV or JSON
+        raise InvalidImport(f"The file {inputs.BAD_TEXT}.")
     if detect_format(content, filename, content_type) == "csv":
         return parse_csv(content)
     try:
-        data = json.loads(content)
+        data = inputs.loads(content, "The file", strict=True)
+    except inputs.BadInput as exc:
+        raise InvalidImport(exc.text) from None
     except ValueError as exc:
         raise InvalidImport(f"The file is not valid JSON: {exc}.") from None
     return parse_json(data)
@@ -189,6 +194,8 @@ def _text(row: Row, name: str, required: bool = False, max_length: int = 64) -> 
     value = str(value).strip()
     if len(value) > max_length:
         row.errors.append(f"{name}: at most {max_length} characters.")
+    if inputs.bad_text(value):
+        row.errors.append(f"{name}: {inputs.BAD_TEXT}.")
     return value
 
 
@@ -208,7 +215,12 @@ def _when(row: Row, name: str) -> datetime | None:
     if parsed is None:
         row.errors.append(f"{name}: {value!r} is not an ISO 8601 date or date-time.")
         return None
-    return timezone.make_aware(parsed, UTC) if timezone.is_naive(parsed) else parsed
+    parsed = timezone.make_aware(parsed, UTC) if timezone.is_naive(parsed) else parsed
+    try:
+        return inputs.check_datetime(parsed, name)
+    except inputs.BadInput as exc:
+        row.errors.append(f"{exc.text}")
+        return None
 
 
 def _quantity(row: Row) -> int | None:
@@ -241,7 +253,8 @@ def _plan_product(row: Row, existing: dict[str, Product], defined: set[str]) -> 
         row.errors.append(f"attributes: {' '.join(exc.messages)}")
         attributes = {}
     provided = row.data.get("provided") or []
-    if not isinstance(provided, list) or not all(isinstance(p, (str, int)) for p in provided):
+    if not isinstance(provided, list) or not all(isinstance(p, (str, int)) for p in provided) \
+            or any(inputs.bad_text(str(p)) for p in provided):
         row.errors.append("provided: must be a list of product skus.")
         provided = []
     provided = sorted({str(p).strip() for p in provided})
@@ -342,7 +355,8 @@ def plan(org: Organization, rows: list[Row]) -> Plan:
     known.update({s: None for s in defined if s and s not in known})
     keys = {str(r.data.get("contract_number") or r.data.get("external_id") or "").strip() for r in sub_rows}
     subs: dict[str, list[Subscription]] = {}
-    for sub in (Subscription.objects.filter(org=org, contract_number__in=keys - {""})
+    # Subscriptions of the imported manifest are never matched: the manifest owns them.
+    for sub in (Subscription.objects.filter(org=org, contract_number__in=keys - {""}, managed=False)
                 .select_related("product", "derived_product")):
         subs.setdefault(sub.contract_number, []).append(sub)
     seen = {}
@@ -391,7 +405,9 @@ def apply(org: Organization, rows: list[Row]) -> dict:
 
 
 def run(org: Organization, rows: list[Row], dry_run: bool = False) -> dict:
-    """The import entry point: a dry run only validates and reports what would happen."""
+    """The import entry point: a dry run only validates and reports what would happen. Each
+    affected system is re-resolved once after the import commits, not once per row."""
     if dry_run:
         return {"dry_run": True, **plan(org, rows).counts()}
-    return apply(org, rows)
+    with services.deferred_resolution():
+        return apply(org, rows)

@@ -84,7 +84,8 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         model = Subscription
         fields = ["uuid", "product", "product_name", "derived_product", "quantity", "start", "end",
                   "contract_number", "account_number", "order_number", "pools", "derived_pools",
-                  "created", "updated"]
+                  "managed", "upstream_pool_id", "upstream_entitlement_id", "created", "updated"]
+        read_only_fields = ["managed", "upstream_pool_id", "upstream_entitlement_id"]
 
 
 class SubscriptionCreateSerializer(serializers.Serializer):
@@ -218,7 +219,8 @@ class ImportRowErrorSerializer(serializers.Serializer):
 class ImportErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
-    rows = ImportRowErrorSerializer(many=True)
+    rows = ImportRowErrorSerializer(many=True, required=False,
+                                    help_text="Absent when the request is refused as a whole.")
 
 
 class ImportErrorSerializer(serializers.Serializer):

@@ -11,17 +11,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils import timezone
+from django.views import View
 from django.views.generic import FormView, ListView, TemplateView
 
-from sam.ui import OrgPageMixin
-from subscriptions import importer, services
-from subscriptions.api import ProductViewSet, SubscriptionViewSet
+from sam.ui import BadFormIs400, OrgPageMixin, batched, csv_response
+from subscriptions import importer, queries, services
 from subscriptions.forms import ImportForm, PoolFilterForm, SubscriptionCreateForm, SubscriptionEditForm
 from subscriptions.models import UNLIMITED, Entitlement, Pool, Product, Subscription
 
@@ -32,8 +32,8 @@ UI_TRIGGER = "ui"
 
 
 def _subscriptions(org):
-    """The API's subscription queryset (primary pools prefetched, derived pools counted)."""
-    return SubscriptionViewSet.queryset.filter(org=org)
+    """``queries.subscriptions`` of the org (as the API lists them)."""
+    return queries.subscriptions().filter(org=org)
 
 
 def _mark_expiry(sub: Subscription, now) -> Subscription:
@@ -41,6 +41,13 @@ def _mark_expiry(sub: Subscription, now) -> Subscription:
     sub.expires_soon = not sub.expired and sub.end <= now + EXPIRY_WARNING
     sub.days_left = max(0, (sub.end - now).days)
     sub.normal_pool = next((p for p in sub.primary_pools if p.type == Pool.Type.NORMAL), None)
+    return sub
+
+
+def _local(sub: Subscription) -> Subscription:
+    """Only locally created subscriptions are edited here; the manifest owns the others."""
+    if sub.managed:
+        raise PermissionDenied("This subscription comes from the Red Hat manifest and is read-only.")
     return sub
 
 
@@ -83,6 +90,25 @@ class SubscriptionListView(OrgPageMixin, ListView):
         return context
 
 
+class SubscriptionExportView(OrgPageMixin, View):
+    """The subscription list as CSV: the list's product filter applied, streamed, by id."""
+
+    def get(self, request, *args, **kwargs):
+        product = (request.GET.get("product") or "").strip()
+        subs_qs = Subscription.objects.filter(org=self.org).order_by("pk")
+        if product:
+            subs_qs = subs_qs.filter(product__sku=product)
+        rows = subs_qs.values_list("pk", "uuid", "product__sku", "product__name", "quantity",
+                                   "start", "end", "contract_number", "account_number",
+                                   "order_number")
+        return csv_response(
+            f"{self.org.key}-subscriptions.csv",
+            ["uuid", "sku", "product", "quantity", "start", "end", "contract_number",
+             "account_number", "order_number"],
+            ([*row[1:4], "unlimited" if row[4] == -1 else row[4], row[5].isoformat(),
+              row[6].isoformat(), *row[7:]] for row in batched(rows)))
+
+
 class SubscriptionDetailView(OrgPageMixin, TemplateView):
     template_name = "subscriptions/subscription_detail.html"
 
@@ -111,7 +137,7 @@ class SubscriptionDetailView(OrgPageMixin, TemplateView):
         return context
 
 
-class SubscriptionCreateView(OrgPageMixin, FormView):
+class SubscriptionCreateView(OrgPageMixin, BadFormIs400, FormView):
     admin_required = True
     template_name = "subscriptions/subscription_form.html"
     form_class = SubscriptionCreateForm
@@ -132,7 +158,7 @@ class SubscriptionCreateView(OrgPageMixin, FormView):
         return redirect("subscriptions:subscription_detail", org_key=self.org.key, uuid=sub.uuid)
 
 
-class SubscriptionEditView(OrgPageMixin, FormView):
+class SubscriptionEditView(OrgPageMixin, BadFormIs400, FormView):
     admin_required = True
     template_name = "subscriptions/subscription_form.html"
     form_class = SubscriptionEditForm
@@ -143,8 +169,8 @@ class SubscriptionEditView(OrgPageMixin, FormView):
 
     def get_subscription(self) -> Subscription:
         if not hasattr(self, "subscription"):
-            self.subscription = get_object_or_404(
-                Subscription.objects.select_related("product"), org=self.org, uuid=self.uuid)
+            self.subscription = _local(get_object_or_404(
+                Subscription.objects.select_related("product"), org=self.org, uuid=self.uuid))
         return self.subscription
 
     def get_initial(self):
@@ -176,7 +202,8 @@ class SubscriptionDeleteView(OrgPageMixin, TemplateView):
     template_name = "subscriptions/subscription_confirm_delete.html"
 
     def get_subscription(self, uuid) -> Subscription:
-        return get_object_or_404(Subscription.objects.select_related("product"), org=self.org, uuid=uuid)
+        return _local(get_object_or_404(Subscription.objects.select_related("product"), org=self.org,
+                                        uuid=uuid))
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -249,7 +276,7 @@ class ProductListView(OrgPageMixin, ListView):
 
     def get_queryset(self):
         self.q = (self.request.GET.get("q") or "").strip()
-        queryset = (ProductViewSet.queryset.filter(org=self.org)
+        queryset = (queries.products().filter(org=self.org)
                     .annotate(subscription_count=Count("subscriptions", distinct=True))
                     .order_by("sku"))
         if self.q:
@@ -262,8 +289,9 @@ class ProductListView(OrgPageMixin, ListView):
 
 # --- Bulk import ------------------------------------------------------------------------------
 
-class ImportView(OrgPageMixin, FormView):
+class ImportView(OrgPageMixin, BadFormIs400, FormView):
     admin_required = True
+    sam_body_limit = importer.MAX_BODY  # the file streams to disk; fields keep Django's limit
     template_name = "subscriptions/import.html"
     form_class = ImportForm
 

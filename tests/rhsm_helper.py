@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "/candlepin"
 START_TIMEOUT = 60  # seconds; a loaded CI machine, typical start is about 1-2 s
@@ -63,6 +65,7 @@ class Server:
     port: int
     data_dir: Path
     log_path: Path
+    tls: bool = True
     cert_path: Path = field(init=False)
 
     def __post_init__(self):
@@ -70,7 +73,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,19 +82,21 @@ class Server:
         return ssl.create_default_context(cafile=str(self.cert_path))
 
     def get_json(self, path: str, timeout: float = 10) -> tuple[int, dict]:
-        with urllib.request.urlopen(self.url + path, context=self.ssl_context(),
-                                    timeout=timeout) as response:
+        context = self.ssl_context() if self.tls else None
+        with urllib.request.urlopen(self.url + path, context=context, timeout=timeout) as response:
             return response.status, json.loads(response.read())
 
 
 def start_server(data_dir: Path, *, env: dict | None = None, args: tuple[str, ...] = ()) -> Server:
     """``manage.py serve --bind 127.0.0.1:<free port> --workers 1`` on the test database; returns
-    when ``GET /candlepin/status/`` answers over TLS (the self-signed certificate as the CA)."""
+    when ``GET /candlepin/status/`` answers over TLS (the self-signed certificate as the CA), or
+    over plain HTTP with ``--no-tls`` in ``args``."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     environ = dict(os.environ)
-    for name in ("SAM_TLS_CERT", "SAM_TLS_KEY", "SAM_BIND", "SAM_FORWARDED_ALLOW_IPS"):
+    for name in ("SAM_TLS_CERT", "SAM_TLS_KEY", "SAM_BIND", "SAM_FORWARDED_ALLOW_IPS", "SAM_CA_CERT",
+                 "SAM_CA_KEY"):
         environ.pop(name, None)
     environ.update({
         "DATABASE_URL": server_database_url(),
@@ -99,6 +104,7 @@ def start_server(data_dir: Path, *, env: dict | None = None, args: tuple[str, ..
         "SAM_TASKS_EAGER": "1",  # REDIS_URL may stay: check-ins are applied in the request
         "SAM_DB_CONN_MAX_AGE": "0",  # no idle connection outlives a request (flush, DROP DATABASE)
         "SAM_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SAM_BEAT_IN_PROCESS": "0",  # no periodic task runs into a test's data
         "PYTHONUNBUFFERED": "1",
     })
     environ.update(env or {})
@@ -109,7 +115,8 @@ def start_server(data_dir: Path, *, env: dict | None = None, args: tuple[str, ..
              *args],
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    server = Server(process=process, port=port, data_dir=data_dir, log_path=log_path)
+    server = Server(process=process, port=port, data_dir=data_dir, log_path=log_path,
+                    tls="--no-tls" not in args)
     try:
         _wait_until_serving(server)
     except BaseException:
@@ -124,7 +131,7 @@ def _wait_until_serving(server: Server) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"serve exited with {server.process.returncode}:\n{server.log()[-4000:]}")
-        if server.cert_path.exists():
+        if server.cert_path.exists() or not server.tls:
             try:
                 status, _ = server.get_json(f"{PREFIX}/status/", timeout=2)
                 if status == 200:
@@ -149,6 +156,38 @@ def stop_server(server: Server) -> int | None:
             os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
         return None
+
+
+# The marks of every module that runs rhsm against ``serve`` with a worker (the ``server``
+# fixture of tests/conftest.py).
+WIRE_MARKS = [
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:rhsm.connection"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:rhsm.certificate2"),
+]
+
+
+def serve_with_worker(tmp_path_factory):
+    """A module fixture's body: serve over TLS and a real Celery worker that shares its data
+    directory -- a worker issues entitlement certificates, which takes the server's CA and the
+    secret key that seals the consumers' keys -- with rhsm configured for it."""
+    from tests import workers
+
+    workers.require_services()
+    workers.flush_broker()
+    server = start_server(tmp_path_factory.mktemp("sam-serve"), env={"SAM_TASKS_EAGER": "0"})
+    worker = None
+    try:
+        worker = workers.start_worker(concurrency=1, SAM_DATA_DIR=server.data_dir)
+        configure_rhsm(server, tmp_path_factory.mktemp("rhsm"))
+        yield server
+    finally:
+        stop_server(server)
+        if worker is not None:
+            worker.kill()
+    assert "Traceback" not in server.log(), server.log()[-6000:]
+    workers.assert_clean(worker)
 
 
 # --- the rhsm client -------------------------------------------------------------------------

@@ -6,20 +6,18 @@ covered) attach the VDC subscription; after the worker ran, test01 is covered an
 explanation names the host and the subscription; download a virt-who configuration. Every page
 visited is saved as a PNG under ``test-output/screenshots/``.
 
-Never ``playwright install``: the browser is the system's ``/usr/bin/chromium`` (``.ci/run``
-installs it with apt-get).
+Chromium is launched by tests/browser.py (the system's ``/usr/bin/chromium``; never
+``playwright install``).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
 
 import pytest
 from django.core.cache import cache
-from django.core.management import call_command
 
 from hypervisors.models import Report
 from orgs.models import Organization, System
@@ -27,6 +25,7 @@ from subscriptions import coverage
 from subscriptions import services as subs
 from subscriptions.models import Pool
 from subscriptions.tasks import record_coverage_snapshots
+from tests.browser import chromium, seed_demo
 from tests.workers import (
     ROOT,
     flush_broker,
@@ -37,40 +36,22 @@ from tests.workers import (
     wait_until,
 )
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
 
 @pytest.fixture
-def browser(monkeypatch):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls of the test
-    # itself are plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def browser():
     SHOTS.mkdir(parents=True, exist_ok=True)
     for old in SHOTS.glob("*.png"):
         old.unlink()
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def seed() -> str:
-    out = io.StringIO()
-    call_command("seed_demo", stdout=out)
-    match = re.search(r"^Admin password: (\S+)$", out.getvalue(), re.M)
-    assert match, out.getvalue()
-    return match.group(1)
+    return seed_demo()
 
 
 class Pages:

@@ -244,7 +244,7 @@ def test_body_over_limit_gets_413(client, org, settings):
 
 
 def test_backpressure_429_with_retry_after(client, org, settings):
-    settings.SAM_REPORT_QUEUE_LIMIT = 1
+    settings.SAM_REPORT_ORG_QUEUE_LIMIT = 1
     Report.objects.create(org=org, reporter_id="x", state="CREATED")
     response = checkin(client, "/candlepin", report_body(("h", [])))
     assert_candlepin(response, 429)

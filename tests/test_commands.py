@@ -18,14 +18,23 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.utils import timezone
 
-from hypervisors.models import GuestHostInterval, GuestId
+from hypervisors import reports
+from hypervisors.models import GuestHostInterval, GuestId, Report
 from orgs.models import Organization, OrganizationUserPermission, System
 from orgs.services import member_role
 from sam import locks
+from sam.celery import app as celery_app
 from sam.management.commands import seed_demo as seed_module
 from subscriptions import services as subs
 from subscriptions.explain import explain
-from subscriptions.models import Entitlement, EntitlementEvent, Pool, Product, Subscription
+from subscriptions.models import (
+    CoverageSnapshot,
+    Entitlement,
+    EntitlementEvent,
+    Pool,
+    Product,
+    Subscription,
+)
 from tests.scenario import acme, ents, guest, physical, reload, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -199,10 +208,35 @@ def test_run_sweeps_expires_temporary_entitlements_and_heals():
     assert "expire_unmapped_entitlements: 1 expired temporary (unmapped guest) entitlement(s) revoked" in out
     assert "expire_subscriptions: 0 entitlement(s) of ended subscriptions revoked" in out
     assert "heal_all_orgs: resolution of 1 self-healing system(s) in this process" in out
+    assert "requeue_reports: 0 waiting report(s) sent to be applied again" in out
+    assert "record_coverage_snapshots: coverage snapshot of 1 organization(s) recorded" in out
     assert not Entitlement.objects.filter(pk=temporary.pk).exists()
     # Treated as a physical system now: one unit of RHEL-4G's normal pool.
     assert [e.pool.type for e in ents(g3)] == [Pool.Type.NORMAL]
     assert subs.compliance_for(reload(g3)).status == "valid"
+    # Today's snapshot, taken after the sweeps (the last entry of the schedule).
+    snapshot = CoverageSnapshot.objects.get(org=org, day=timezone.localdate())
+    assert (snapshot.guests_covered, snapshot.guests_temporary) == (1, 0)
+
+
+@celery_app.task(name="tests.test_commands.prune_something")
+def prune_something() -> str:
+    return "3 pruned"
+
+
+def test_run_sweeps_runs_whatever_the_beat_schedule_holds(monkeypatch):
+    """Every entry of beat_schedule, one another feature adds included, and waiting reports."""
+    org = acme()
+    report = reports.accept_checkin(org, b'{"hypervisors": []}', reporter_id="r1")
+    Report.objects.filter(pk=report.pk).update(state=Report.State.CREATED,
+                                               created=timezone.now() - timedelta(hours=1))
+    schedule = dict(celery_app.conf.beat_schedule)
+    schedule["prune-something"] = {"task": "tests.test_commands.prune_something", "schedule": 3600}
+    monkeypatch.setitem(celery_app.conf, "beat_schedule", schedule)
+    out = run("run_sweeps")
+    assert "prune_something: done (3 pruned)" in out
+    assert "requeue_reports: 1 waiting report(s) sent to be applied again" in out
+    assert len(out.splitlines()) == len(schedule)
 
 
 def test_run_sweeps_revokes_entitlements_of_ended_subscriptions():

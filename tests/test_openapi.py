@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "openapi.yaml"
 
 
+@pytest.mark.postgres_only("docs/openapi.yaml is generated on PostgreSQL: integer ranges "
+                           "differ on SQLite")
 def test_committed_schema_is_current(tmp_path):
     """CI fails when the code's API differs from docs/openapi.yaml (regenerate with
     ``python manage.py spectacular --file docs/openapi.yaml --validate --fail-on-warn``)."""
@@ -56,7 +58,7 @@ def test_api_fuzzing_from_the_schema(tmp_path):
             [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
              f"http://127.0.0.1:{port}/api/schema/", "--checks",
              "not_a_server_error,response_schema_conformance", "-H", f"Authorization: Bearer {token}",
-             "--max-examples", "15", "--seed", "1", "--generation-deterministic",
+             "--max-examples", "10", "--seed", "1", "--generation-deterministic",
              "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
              "--exclude-method", "DELETE"],
             cwd=tmp_path, capture_output=True, text=True, timeout=900)

@@ -60,7 +60,7 @@ def test_staff_see_every_org_and_anonymous_none():
 
 def test_update_org_settings():
     org = orgs.create_org("ACME", "ACME Corp")
-    orgs.update_org(org, unmapped_window=timedelta(hours=72), content_access_mode="org_environment")
+    orgs.update_org(org, unmapped_window=timedelta(hours=72), content_access_mode="sca")
     org.refresh_from_db()
     assert org.unmapped_window == timedelta(hours=72)
     with pytest.raises(Exception, match="content_access_mode must be one of"):

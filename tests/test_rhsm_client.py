@@ -39,7 +39,7 @@ QUEUE_LIMIT = 20
 @pytest.fixture(scope="module")
 def server(django_db_setup, tmp_path_factory):
     server = rhsm_helper.start_server(tmp_path_factory.mktemp("sam-serve"),
-                                      env={"SAM_REPORT_QUEUE_LIMIT": str(QUEUE_LIMIT)})
+                                      env={"SAM_REPORT_ORG_QUEUE_LIMIT": str(QUEUE_LIMIT)})
     try:
         rhsm_helper.configure_rhsm(server, tmp_path_factory.mktemp("rhsm"))
         yield server
@@ -143,7 +143,10 @@ def test_heartbeat_as_modern_rhsm_sends_it(org):
     assert answer["state"] == "FINISHED" and answer["key"] == "HypervisorHeartbeatUpdateJob"
     assert answer["resultData"] == 'Last hypervisor check-in updated for owner "ACME" by reporter: r1'
     assert not System.objects.filter(hypervisor_id__isnull=False, last_checkin__isnull=True).exists()
-    assert Report.objects.filter(kind=Report.Kind.HEARTBEAT, reporter_id="r1").count() == 1
+    # Retention: the heartbeat is recorded on the reporter's last report, no row is added.
+    assert Report.objects.filter(reporter_id="r1").count() == 1
+    assert answer["id"] == job["id"]
+    assert Report.objects.get(uuid=job["id"]).last_heartbeat is not None
     assert wait_for_job(conn, answer["id"])["state"] == "FINISHED"
 
     # Another reporter's heartbeat leaves these hypervisors alone.

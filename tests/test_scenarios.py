@@ -6,13 +6,14 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 from django.utils import timezone
 
 from hypervisors.models import GuestHostInterval
 from hypervisors.services import report_hypervisor
 from orgs.models import System
 from sam.ids import swapped_uuid
+from subscriptions import batch
 from subscriptions import services as subs
 from subscriptions.models import Entitlement, EntitlementEvent, Pool
 from tests.scenario import (
@@ -30,7 +31,8 @@ from tests.scenario import (
     subscribe,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Every scenario on both resolution paths (set-based batches and per-system).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("resolution_path")]
 
 
 def _vdc_s1():
@@ -178,19 +180,23 @@ def test_s7_omitted_guest_keeps_entitlement():
 def test_s8_unchanged_report_changes_nothing():
     org, esx1, g1 = _vdc_s1()
     resolved = []
-    original = subs.resolve_system
+    original, original_batch = subs.resolve_system, batch.resolve_guests
 
-    def spy(system_id, trigger="heal"):
+    def spy(system_id, trigger="heal", queued=frozenset()):
         resolved.append(system_id)
-        return original(system_id, trigger)
+        return original(system_id, trigger, queued)
 
-    subs.resolve_system = spy
+    def batch_spy(system_ids, trigger):
+        resolved.extend(system_ids)
+        return original_batch(system_ids, trigger)
+
+    subs.resolve_system, batch.resolve_guests = spy, batch_spy
     try:
         updated = {s.pk: s.updated for s in System.objects.all()}
         guest_rows = list(esx1.guest_ids.values_list("id", "updated"))
         _, result = report_hypervisor(org, "esx1", name="esx1", guests=["g1", "g2"])
     finally:
-        subs.resolve_system = original
+        subs.resolve_system, batch.resolve_guests = original, original_batch
     assert result == "unchanged"
     assert resolved == []
     assert list(esx1.guest_ids.values_list("id", "updated")) == guest_rows
@@ -233,7 +239,8 @@ def test_s10_host_entitlement_removed_then_reattached_by_heal():
     assert status(g1) == "valid"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
+@pytest.mark.postgres_only("50 threads attaching at once: needs PostgreSQL row locks (SQLite "
+                           "serialises every writer)")
 def test_s11_concurrent_guests_single_host_attach():
     org = acme()
     subscribe(org, "RHEL-4G", 1)

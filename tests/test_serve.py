@@ -74,7 +74,8 @@ def test_host_names_skip_duplicates_and_addresses(monkeypatch):
 @pytest.fixture
 def data_dir(settings, tmp_path, monkeypatch):
     settings.DATA_DIR = tmp_path
-    for name in ("SAM_TLS_CERT", "SAM_TLS_KEY", "SAM_BIND", "SAM_FORWARDED_ALLOW_IPS"):
+    for name in ("SAM_TLS_CERT", "SAM_TLS_KEY", "SAM_BIND", "SAM_FORWARDED_ALLOW_IPS", "SAM_CA_CERT",
+                 "SAM_CA_KEY"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -138,21 +139,24 @@ def _accepted_by_gunicorn(options: dict) -> Config:
 def test_defaults_self_signed_and_gunicorn_settings(data_dir, capsys):
     options = Command().gunicorn_options()
     assert options["bind"] == ["0.0.0.0:8443"] and options["workers"] == 2
-    assert options["threads"] == 4 and options["worker_class"] == "gthread"
+    assert options["threads"] == 4 and options["worker_class"] == "sam.clientcert.ThreadWorker"
+    assert options["cert_reqs"] == ssl.CERT_OPTIONAL
+    assert options["ca_certs"] == str(data_dir / "pki" / "ca.crt")
     assert options["timeout"] == 120
     assert options["certfile"] == str(data_dir / "tls" / "sam.crt")
     assert options["keyfile"] == str(data_dir / "tls" / "sam.key")
     out = capsys.readouterr().out
     fingerprint = tls.fingerprint(_cert(data_dir / "tls" / "sam.crt"))
-    assert f"Created self-signed certificate {data_dir / 'tls' / 'sam.crt'}" in out
+    assert f"Created server certificate {data_dir / 'tls' / 'sam.crt'}" in out
     assert fingerprint in out
     config = _accepted_by_gunicorn(options)
     assert config.forwarded_allow_ips == []  # gunicorn's own default would trust 127.0.0.1
-    assert config.is_ssl and config.worker_class_str == "gthread" and config.threads == 4
+    assert config.is_ssl and config.threads == 4
+    assert config.worker_class.__name__ == "ThreadWorker" and config.cert_reqs == ssl.CERT_OPTIONAL
 
     Command().gunicorn_options()
     out = capsys.readouterr().out
-    assert "Using self-signed certificate" in out and fingerprint in out
+    assert "Using server certificate" in out and fingerprint in out
 
 
 def test_environment_fallbacks_and_explicit_options(data_dir, pair, monkeypatch):
@@ -180,8 +184,8 @@ def test_expiring_certificate_warns(data_dir, capsys):
     (directory / "sam.key").write_bytes(key_pem)
     Command().gunicorn_options()
     captured = capsys.readouterr()
-    assert "Using self-signed certificate" in captured.out
-    assert "The self-signed certificate expires on" in captured.err
+    assert "Using server certificate" in captured.out  # an upgraded installation's pair
+    assert "The server certificate expires on" in captured.err
     assert (directory / "sam.crt").read_bytes() == cert_pem  # reused, never silently replaced
 
 
@@ -203,7 +207,7 @@ def test_serve_answers_over_tls_with_its_self_signed_certificate(tmp_path):
     finally:
         code = rhsm_helper.stop_server(server)
     log = server.log()
-    assert "Created self-signed certificate" in log and "SHA-256 fingerprint" in log
+    assert "Created server certificate" in log and "SHA-256 fingerprint" in log
     assert tls.fingerprint(_cert(server.cert_path)) in log
     assert stat.S_IMODE((server.data_dir / "tls" / "sam.key").stat().st_mode) == 0o600
     assert "Listening at: https://127.0.0.1" in log and "Traceback" not in log
@@ -216,5 +220,5 @@ def test_serve_answers_over_tls_with_its_self_signed_certificate(tmp_path):
         assert again.get_json("/candlepin/status/")[0] == 200
     finally:
         rhsm_helper.stop_server(again)
-    assert "Using self-signed certificate" in again.log()
+    assert "Using server certificate" in again.log()
     assert again.cert_path.read_bytes() == first

@@ -104,7 +104,7 @@ def test_beat_schedules_the_sweeps():
     names = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
     assert names == {"subscriptions.tasks.expire_unmapped_entitlements",
                      "subscriptions.tasks.expire_subscriptions", "subscriptions.tasks.heal_all_orgs",
-                     "hypervisors.tasks.requeue_reports",
+                     "hypervisors.tasks.requeue_reports", "hypervisors.tasks.prune_history",
                      "subscriptions.tasks.record_coverage_snapshots"}
     assert names <= set(celery_app.tasks)
 
@@ -233,14 +233,16 @@ def test_org_window_setting_extends_temporary_eligibility():
     assert abs(ent.end - (reload(g).registered_at + timedelta(days=10))) < timedelta(seconds=1)
 
 
-def test_simple_content_access_reports_disabled_and_does_not_attach():
+def test_simple_content_access_keeps_the_accounting():
+    """An org in SCA: sam still attaches and accounts (domain.md 7); only the wire says
+    ``disabled`` to its clients (tests/test_content_access.py)."""
     org = acme()
     org.content_access_mode = Organization.ContentAccess.SCA
     org.save()
     subscribe(org, "RHEL-4G", 1)
     box = physical(org, "box")
-    assert ents(box) == []
-    assert status(box) == "disabled"
+    assert [e.pool.product.sku for e in ents(box)] == ["RHEL-4G"]
+    assert status(box) == "valid"
 
 
 def test_attribute_change_refreshes_current_host():

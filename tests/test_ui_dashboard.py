@@ -5,12 +5,12 @@ from daily coverage snapshots."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from django.core.cache import cache
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import dateformat, timezone
 
 from hypervisors.models import Report
 from sam import dashboard
@@ -83,7 +83,7 @@ def test_counts_link_to_filtered_lists(world):
     systems = reverse("hypervisors:system_list", kwargs={"org_key": "ACME"})
     hypervisors = reverse("hypervisors:hypervisor_list", kwargs={"org_key": "ACME"})
     for param, count in (("covered", 2), ("temporary", 1), ("uncovered", 1)):
-        assert re.search(rf'href="{systems}\?coverage={param}"[^>]*>{count}</a>', page), param
+        assert re.search(rf'href="{systems}\?type=guest&amp;coverage={param}"[^>]*>{count}</a>', page), param
     assert re.search(rf'href="{hypervisors}\?subscribed=yes"[^>]*>1</a>', page)
     assert re.search(rf'href="{hypervisors}\?subscribed=no"[^>]*>1</a>', page)
 
@@ -231,28 +231,67 @@ def test_beat_runs_the_snapshot_task_daily():
     assert len(entries) == 1
 
 
+def _read_chart(page: str):
+    """The chart as a reader sees it: per line (in drawing order) its points turned back into
+    (day, guests) with the geometry the SVG itself declares, the axis labels and the legend."""
+    svg = re.search(r'<svg[^>]*id="coverage-chart".*?</svg>', page, re.S).group(0)
+    geo = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', svg.split(">", 1)[0]))
+    left, top = float(geo["left"]), float(geo["top"])
+    width, height = float(geo["plot-width"]), float(geo["plot-height"])
+    y_max, days = int(geo["y-max"]), int(geo["days"])
+    start = date.fromisoformat(geo["start"])
+
+    def data(point: str) -> tuple[date, int]:
+        x, y = map(float, point.split(","))
+        offset = (x - left) * (days - 1) / width
+        value = y_max * (1 - (y - top) / height)
+        assert abs(offset - round(offset)) < 0.01 and abs(value - round(value)) < 0.01, point
+        return start + timedelta(days=round(offset)), round(value)
+
+    lines = [(name, [data(p) for p in points.split()])
+             for name, points in re.findall(r'<polyline[^>]*data-series="(\w+)"[^>]*points="([^"]*)"', svg)]
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    legend = re.findall(r'<li class="(\w+)"><svg.*?</svg> ([^<]*)</li>', page)
+    return lines, y_max, start, labels, legend
+
+
 def test_chart_draws_three_days(world):
+    """Three days of one org: each line says that day's count, in day order; the vertical scale
+    ends at the day with the most guests; the labels name the scale, the period and the lines."""
     today = timezone.localdate()
-    for days_ago, (covered, temporary, uncovered) in ((2, (2, 1, 1)), (1, (3, 0, 1)), (0, (4, 0, 0))):
+    counts = {2: (2, 1, 1), 1: (3, 0, 1), 0: (4, 0, 0)}  # days ago: covered, temporary, not covered
+    for days_ago, (covered, temporary, uncovered) in counts.items():
         CoverageSnapshot.objects.create(org=world.org, day=today - timedelta(days=days_ago),
                                         guests_covered=covered, guests_temporary=temporary,
                                         guests_uncovered=uncovered)
     CoverageSnapshot.objects.create(org=world.org, day=today - timedelta(days=120), guests_covered=50)
     CoverageSnapshot.objects.create(org=world.other, day=today, guests_covered=99)
     page = world.clients["viewer"].get(dash(world.org)).content.decode()
-    lines = dict(re.findall(r'<polyline[^>]*data-series="(\w+)"[^>]*points="([^"]*)"', page))
-    # x = 48 + offset × 660 / 89 (offset 87, 88, 89), y = 12 + 180 × (1 - n / 4)
-    assert lines["valid"] == "693.2,102 700.6,57 708,12"
-    assert lines["partial"] == "693.2,147 700.6,192 708,192"
-    assert lines["invalid"] == "693.2,147 700.6,147 708,192"
-    assert len(lines["valid"].split()) == 3
+    lines, y_max, start, labels, legend = _read_chart(page)
+
+    assert [name for name, _ in lines] == ["valid", "partial", "invalid"]
+    days = [today - timedelta(days=d) for d in sorted(counts, reverse=True)]
+    for position, (name, points) in enumerate(lines):
+        assert points == [(day, counts[(today - day).days][position]) for day in days], name
+    # Scale: the busiest shown day (4 guests), not the 50 from 120 days ago nor the other org's 99.
+    assert y_max == 4
+    assert start == today - timedelta(days=dashboard.CHART_DAYS - 1)
+    assert labels == [str(y_max), "0", dateformat.format(start, "M j"), dateformat.format(today, "M j")]
+    assert legend == [("valid", "Covered"), ("partial", "Temporary"), ("invalid", "Not covered")]
 
 
 def test_chart_function_scales_to_largest_total():
+    """The top of the plot is the largest day total; the first day of the period is its left
+    edge and today its right edge; a higher count is drawn higher."""
     today = timezone.localdate()
     snaps = [CoverageSnapshot(day=today - timedelta(days=89), guests_covered=10),
              CoverageSnapshot(day=today, guests_covered=5, guests_uncovered=5)]
     drawn = dashboard.chart(snaps, today)
     assert drawn.y_max == 10
-    assert drawn.series[0].points == [(48.0, 12.0), (708.0, 102.0)]
-    assert drawn.series[2].points == [(48.0, 192.0), (708.0, 102.0)]
+    covered, temporary, uncovered = drawn.series
+    assert [s.name for s in drawn.series] == ["Covered", "Temporary", "Not covered"]
+    middle = drawn.top + drawn.plot_height / 2
+    assert covered.points == [(drawn.left, drawn.top), (drawn.right, middle)]  # 10 → 5 of 10
+    assert uncovered.points == [(drawn.left, drawn.bottom), (drawn.right, middle)]  # 0 → 5
+    assert temporary.points == [(drawn.left, drawn.bottom), (drawn.right, drawn.bottom)]
+    assert drawn.rows == [(today - timedelta(days=89), 10, 0, 0), (today, 5, 0, 5)]

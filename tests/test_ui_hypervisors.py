@@ -233,8 +233,8 @@ def test_hypervisor_list_search_and_filters(world):
     assert names(q="ESX2") == ["esx2"]
     assert names(q="esx1") == ["esx1"]
     assert names(cluster="prod") == ["esx2"]
-    assert names(type="VMware ESXi") == ["esx2"]
-    assert names(reporter="vw2") == ["esx2"]
+    assert names(hypervisor_type="VMware ESXi") == ["esx2"]
+    assert names(reporter_id="vw2") == ["esx2"]
     assert names(subscribed="yes") == []
     assert names(subscribed="no") == ["esx1", "esx2"]
     admin.post(url("hypervisor_attach", org, esx1.uuid), {"pool": str(vdc_pool(org).uuid)})
@@ -446,3 +446,26 @@ def test_hypervisor_guests_are_paginated(world):
     assert len(first.context["guests"]) == 100 and "Next guests" in first.content.decode()
     second = admin.get(url("hypervisor_detail", org, esx1.uuid), {"guests": 2})
     assert [g.guest_uuid for g in second.context["guests"]] == [f"v{i:03d}" for i in range(100, 120)]
+
+
+def test_system_page_registration_identity_clone_and_delete_tombstone(world):
+    from hypervisors import services as lifecycle
+    from orgs.models import DeletedSystem
+
+    org, clients, g1, esx1, web1, rep = world
+    facts = {"dmi.system.uuid": "aaaaaaaa-1111-2222-3333-444444444444"}
+    first = lifecycle.register_consumer(org, "rhel-a", facts, [], registered_by="ui-admin")
+    clone = lifecycle.register_consumer(org, "rhel-b", facts, [], registered_by="ui-admin")
+    text = clients["viewer"].get(url("system_detail", org, clone.uuid)).content.decode()
+    assert "subscription-manager (user and password)" in text
+    assert str(clone.identity.serial) in text
+    assert 'id="clone-warning"' in text and "rhel-a" in text
+    assert "delete-system" not in text  # viewers get no delete link
+    assert "Registered through</th><td>API" in clients["admin"].get(
+        url("system_detail", org, web1.uuid)).content.decode()
+    check(clients, "post", url("system_delete", org, first.uuid),
+          {"viewer": 403, "other_admin": 404, "anonymous": 302})
+    response = clients["admin"].post(url("system_delete", org, first.uuid))
+    assert response.status_code == 302
+    assert not System.objects.filter(pk=first.pk).exists()
+    assert DeletedSystem.objects.get(uuid=first.uuid).deleted_by == "ui-admin"

@@ -50,7 +50,7 @@ def url(name: str, org: Organization, **kwargs) -> str:
     return reverse(name, kwargs={"org_key": org.key, **kwargs})
 
 
-PAGES = ["orgs:settings", "orgs:members", "orgs:setup"]
+PAGES = ["orgs:settings", "orgs:members", "orgs:setup", "orgs:register", "orgs:activation_keys"]
 
 
 @pytest.mark.parametrize("page", PAGES + ["orgs:tokens"])
@@ -83,7 +83,7 @@ def test_settings_update(actors):
     client = actors.clients["admin"]
     response = client.post(url("orgs:settings", actors.org), {
         "name": "ACME Corporation", "autobind_enabled": "on", "unmapped_window_hours": "48",
-        "unmapped_lifetime_hours": "240", "content_access_mode": "org_environment"})
+        "unmapped_lifetime_hours": "240", "content_access_mode": "sca"})
     assert response.status_code == 302
     org = Organization.objects.get(pk=actors.org.pk)
     assert org.name == "ACME Corporation"
@@ -91,7 +91,7 @@ def test_settings_update(actors):
     assert org.hypervisor_autobind_enabled is False
     assert org.unmapped_window == timedelta(hours=48)
     assert org.unmapped_lifetime == timedelta(hours=240)
-    assert org.content_access_mode == "org_environment"
+    assert org.content_access_mode == "sca"
     page = client.get(response["Location"]).content.decode()
     assert "Settings saved." in page
     assert 'value="48"' in page
@@ -208,12 +208,21 @@ def _parse(config: str) -> configparser.ConfigParser:
 
 
 def test_setup_form_defaults_from_request(actors):
-    response = actors.clients["admin"].get(url("orgs:setup", actors.org), HTTP_HOST="sam.corp.example:9443")
+    """The configuration points where the browser reached this server: host and port from the
+    request, the scheme's default port when the address has none (never a fixed port)."""
+    client, page = actors.clients["admin"], url("orgs:setup", actors.org)
+    response = client.get(page, HTTP_HOST="sam.corp.example:9443", secure=True)
     form = response.context["form"]
     assert form.initial["rhsm_hostname"] == "sam.corp.example"
     assert form.initial["rhsm_port"] == 9443
-    response = actors.clients["admin"].get(url("orgs:setup", actors.org), HTTP_HOST="sam.corp.example")
-    assert response.context["form"].initial["rhsm_port"] == 8443
+    assert 'id="needs-https"' not in response.content.decode()
+    response = client.get(page, HTTP_HOST="sam.corp.example", secure=True)
+    assert response.context["form"].initial["rhsm_port"] == 443
+    response = client.get(page, HTTP_HOST="sam.corp.example:8000")
+    assert response.context["form"].initial["rhsm_port"] == 8000
+    assert 'id="needs-https"' in response.content.decode()  # virt-who cannot use plain HTTP
+    response = client.get(page, HTTP_HOST="sam.corp.example")
+    assert response.context["form"].initial["rhsm_port"] == 80
 
 
 def test_setup_creates_reporter_token_and_config(actors):
@@ -297,3 +306,34 @@ def test_setup_download_refuses_garbage(actors):
                            {"config": "[x]\n", "filename": '../../etc/passwd"'})
     assert response["Content-Disposition"] == 'attachment; filename="virt-who.conf"'
     assert client.get(url("orgs:setup_download", actors.org)).status_code == 302
+
+
+def test_register_page_shows_the_pinned_bootstrap_and_keys(actors):
+    from orgs import activation
+    from sam import pki
+
+    activation.create_key(actors.org, "rhel-key", release_ver="9.4")
+    page = actors.clients["viewer"].get(url("orgs:register", actors.org),
+                                        HTTP_HOST="sam.example.com:8443").content.decode()
+    assert f"--pinnedpubkey &#x27;{pki.ca_pin()}&#x27;" in page
+    assert "https://sam.example.com:8443/pub/bootstrap.sh" in page
+    assert "rhel-key" in page and "--activationkey" in page
+    assert "style=" not in page and "<script>" not in page  # the CSP allows neither
+
+
+def test_activation_keys_admin_creates_and_deletes_viewer_reads(actors):
+    from orgs.models import ActivationKey
+
+    target = url("orgs:activation_keys", actors.org)
+    client = actors.clients["admin"]
+    assert client.post(target, {"action": "create", "name": "k1", "auto_attach": "on",
+                                "release_ver": "9.4"}).status_code == 302
+    key = ActivationKey.objects.get(org=actors.org, name="k1")
+    assert key.auto_attach and key.release_ver == "9.4"
+    duplicate = client.post(target, {"action": "create", "name": "k1"})
+    assert duplicate.status_code == 400 and "already exists" in duplicate.content.decode()
+    viewer_page = actors.clients["viewer"].get(target).content.decode()
+    assert "k1" in viewer_page and "Create activation key" not in viewer_page
+    assert actors.clients["viewer"].post(target, {"action": "delete", "key": key.pk}).status_code == 403
+    assert client.post(target, {"action": "delete", "key": key.pk}).status_code == 302
+    assert not ActivationKey.objects.exists()

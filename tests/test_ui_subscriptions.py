@@ -287,7 +287,7 @@ def test_create_subscription_shows_service_errors(world):
     product = Product.objects.get(org=org, sku="RHEL-4G")
     before = Subscription.objects.count()
     response = client.post(_url("subscription_create", org), {"product": product.pk, "quantity": 0})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "quantity must be between 1 and" in response.content.decode()
     response = client.post(_url("subscription_create", org), {
         "product": product.pk, "quantity": 1, "end": "2020-01-01T00:00"})
@@ -295,7 +295,7 @@ def test_create_subscription_shows_service_errors(world):
     # Another org's product cannot be chosen.
     secret = Product.objects.get(sku="SECRET-SKU")
     response = client.post(_url("subscription_create", org), {"product": secret.pk, "quantity": 1})
-    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert response.status_code == 400 and "Select a valid choice" in response.content.decode()
     assert Subscription.objects.count() == before
 
 
@@ -322,7 +322,7 @@ def test_edit_subscription_changes_quantity_and_pools(world):
     assert (rhel.quantity, rhel.start, rhel.end) == (2, start, end)
     bad = client.post(_url("subscription_edit", org, uuid=vdc.uuid), {
         "quantity": 5, "start": "2030-01-01T00:00", "end": "2029-01-01T00:00"})
-    assert bad.status_code == 200 and "end must be after start." in bad.content.decode()
+    assert bad.status_code == 400 and "end must be after start." in bad.content.decode()
     vdc.refresh_from_db()
     assert vdc.end.year == 2036
 

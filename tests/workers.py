@@ -6,6 +6,7 @@ group when the test ends.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,10 +91,13 @@ def service_env(**overrides) -> dict:
     return env
 
 
-def start_worker(concurrency: int = 2, **env) -> Process:
+def start_worker(concurrency: int = 2, queues: tuple[str, ...] = (), **env) -> Process:
+    """A worker on every queue (reports, resolution, the rest), or only on ``queues``."""
+    only = ["-Q", ",".join(queues)] if queues else []
     return Process([sys.executable, "-m", "celery", "-A", "sam", "worker", "--pool=prefork",
                     f"--concurrency={concurrency}", "-l", "INFO", "--without-gossip",
-                    "--without-mingle", "--without-heartbeat"], service_env(**env), ready="ready.")
+                    "--without-mingle", "--without-heartbeat", *only], service_env(**env),
+                   ready="ready.")
 
 
 def start_beat(**env) -> Process:
@@ -129,7 +133,54 @@ def start_redis(port: int) -> Process:
 
 
 def flush_broker() -> None:
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    """Drop the tasks waiting in this run's queue (only its own: pytest-xdist workers share the
+    Redis database, each with its own queue, see tests/conftest.py)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # kombu keeps a queue as a list per priority: "sam", "sam\x06\x163", ...
+    keys = [key for queue in settings.SAM_QUEUES
+            for key in (queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*".encode()))]
+    client.delete(*keys)
+    # What coalesced enqueues left waiting (subscriptions/pending.py) belongs to this run too.
+    base = settings.CELERY_TASK_DEFAULT_QUEUE
+    client.delete(f"{base}:pending-resolution", f"{base}:pending-resolution:armed")
+    tags = _unacked(client)
+    if tags:  # delivered to a worker that was killed: never acknowledged
+        client.hdel("unacked", *tags)
+        client.zrem("unacked_index", *tags)
+
+
+def _unacked(client) -> list[bytes]:
+    """Delivery tags of this run's queue in kombu's hash of delivered, unacknowledged messages
+    (each value is ``[message, exchange, routing key]``)."""
+    queues = set(settings.SAM_QUEUES)
+    tags = []
+    for tag, value in client.hscan_iter("unacked"):
+        try:
+            routing_key = json.loads(value)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key in queues:
+            tags.append(tag)
+    return tags
+
+
+def wait_idle(timeout: float = WAIT) -> float:
+    """Wait until the broker holds no waiting and no unacknowledged task (with ``acks_late`` a
+    task in progress stays unacknowledged), three checks in a row: the worker can then be
+    stopped without interrupting a task (and its log stays clean)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    quiet = 0
+
+    def idle() -> bool:
+        nonlocal quiet
+        # kombu's Redis transport keeps delivered, unacked messages in the "unacked" hash
+        # (shared by every queue: count this run's only). Reports, resolution and the rest (P12).
+        waiting = sum(client.llen(queue) for queue in settings.SAM_QUEUES)
+        unacked = len(_unacked(client))
+        quiet = quiet + 1 if waiting == 0 and unacked == 0 else 0
+        return quiet >= 3
+
+    return wait_until(idle, "the worker is idle", timeout)
 
 
 def wait_until(condition, what: str, timeout: float = WAIT) -> float:

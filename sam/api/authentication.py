@@ -1,12 +1,21 @@
-"""How API callers prove who they are: session (web UI), HTTP Basic, or a token."""
+"""How API callers prove who they are: session (web UI), HTTP Basic, or a token.
+
+``orgs.auth`` verifies (and throttles); these classes only turn its refusals into DRF's
+exceptions, answered in the API's error shape (401, or 429 with ``Retry-After``).
+"""
 
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from orgs.auth import TokenPrincipal, looks_like_token, verify
-from sam.candlepin.auth import BadCredentials, basic_user
+from orgs.auth import BadCredentials, Throttled, basic_principal, bearer_principal
+
+
+def _drf_error(exc: BadCredentials | Throttled) -> exceptions.APIException:
+    if isinstance(exc, Throttled):
+        return exceptions.Throttled(wait=exc.retry_after, detail=str(exc))
+    return exceptions.AuthenticationFailed(str(exc))
 
 
 class TokenAuthentication(authentication.BaseAuthentication):
@@ -19,11 +28,11 @@ class TokenAuthentication(authentication.BaseAuthentication):
         scheme, _, value = header.partition(" ")
         if scheme.lower() not in self.keywords:
             return None
-        value = value.strip()
-        token = verify(value) if looks_like_token(value) else None
-        if token is None:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
-        return TokenPrincipal(token), token
+        try:
+            principal = bearer_principal(request, value)
+        except (BadCredentials, Throttled) as exc:
+            raise _drf_error(exc) from None
+        return principal, principal.token
 
     def authenticate_header(self, request):
         return 'Bearer realm="sam"'
@@ -37,9 +46,9 @@ class BasicAuthentication(authentication.BaseAuthentication):
         if not header.lower().startswith("basic "):
             return None
         try:
-            user = basic_user(request)
-        except BadCredentials as exc:
-            raise exceptions.AuthenticationFailed(str(exc)) from None
+            user = basic_principal(request)
+        except (BadCredentials, Throttled) as exc:
+            raise _drf_error(exc) from None
         return user, getattr(user, "token", None)
 
     def authenticate_header(self, request):

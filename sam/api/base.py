@@ -6,11 +6,14 @@ admin role gets 403 on writes. Querysets are filtered by that org before anythin
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, permissions, viewsets
 
 from orgs.models import Organization
 from orgs.services import has_role_perm
+from sam import inputs
+from sam.ids import parse_uuid
 
 SAFE = permissions.SAFE_METHODS
 ORG_KEY = OpenApiParameter("org_key", str, OpenApiParameter.PATH, description="Organization key.")
@@ -57,3 +60,35 @@ class PreconditionFailed(exceptions.APIException):
     status_code = 412
     default_detail = "The object changed since you read it (If-Match); reload and try again."
     default_code = "precondition_failed"
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "The request body is larger than this endpoint's limit."
+    default_code = "too_large"
+
+
+class LargeBodyMixin:
+    """A view that takes bodies beyond Django's limit, up to ``sam_body_limit`` bytes (the
+    input middleware lets them through, sam/inputs.py): the body is read once the caller is
+    authenticated, before DRF parses it."""
+
+    sam_body_limit: int
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if inputs.read_body(request._request, self.sam_body_limit) is None:
+            raise RequestTooLarge()
+
+
+class UuidLookupMixin:
+    """``{uuid}`` in the URL: a malformed value is a 404 like any unknown object."""
+
+    lookup_field = "uuid"
+
+    def get_object(self):
+        try:
+            parse_uuid(self.kwargs[self.lookup_field])
+        except DjangoValidationError:
+            raise exceptions.NotFound("Not found.") from None
+        return super().get_object()

@@ -2,10 +2,11 @@
 
 One org with a virtual data-center subscription, a 4-guest subscription and a socket-stacked
 physical-only one; three hypervisors (reported as virt-who would) and registered guests in every
-coverage state. Everything goes through the services, one step at a time, with background tasks
-run in this process: the engine resolves each system as it registers, so the order below decides
-which host takes which subscription (see ``_build``). Idempotent: an existing org is left as it
-is; only the admin user's password is reset.
+coverage state; 90 days of coverage history for the dashboard's chart. Everything but that
+history goes through the services, one step at a time, with background tasks run in this
+process: the engine resolves each system as it registers, so the order below decides which host
+takes which subscription (see ``_build``). Idempotent: an existing org is left as it is; only the
+admin user's password is reset.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from django.utils import timezone
 
 from hypervisors import services as mapping
 from orgs.models import Organization, System
-from orgs.services import create_org, set_member_role
+from orgs.services import OPERATOR, create_org, set_member_role
 from sam.celery import app as celery_app
 from sam.management.commands._util import command_error
+from subscriptions import coverage
 from subscriptions import services as subs
 from subscriptions.explain import explain
-from subscriptions.models import Entitlement, Pool, Product, Subscription
+from subscriptions.models import CoverageSnapshot, Entitlement, Pool, Product, Subscription
 
 ADMIN = "admin"
 RHEL = [{"productId": "479", "productName": "Red Hat Enterprise Linux Server", "version": "9.4",
@@ -79,7 +81,7 @@ class Command(BaseCommand):
         self._summary(org_obj)
         password = self._admin(org_obj)
         self.stdout.write("")
-        self.stdout.write("Admin URL: http://localhost:8000/admin/ (or wherever this sam is served)")
+        self.stdout.write("Admin URL: /admin/ on this server (./scripts/demo: https://localhost:8443/admin/)")
         self.stdout.write(f"Username: {ADMIN}")
         self.stdout.write(f"Admin password: {password}")
 
@@ -93,6 +95,7 @@ class Command(BaseCommand):
         try:
             with _tasks_in_process():
                 _build(org, domain=f"{key.lower()}.example")
+            _coverage_history(org)
         except BaseException as exc:
             _discard(org)  # leave nothing half-made
             if isinstance(exc, ValidationError):
@@ -103,7 +106,7 @@ class Command(BaseCommand):
     @transaction.atomic
     def _admin(self, org: Organization) -> str:
         password = secrets.token_urlsafe(12)
-        user = set_member_role(org, ADMIN, "admin", password=password)
+        user = set_member_role(org, ADMIN, "admin", password=password, actor=OPERATOR)
         User = get_user_model()
         User.objects.filter(pk=user.pk).update(is_superuser=True, is_staff=True, is_active=True)
         return password
@@ -130,6 +133,33 @@ class Command(BaseCommand):
         )
         for line in lines:
             self.stdout.write(line)
+
+
+HISTORY_DAYS = 90
+
+
+@transaction.atomic
+def _coverage_history(org: Organization, days: int = HISTORY_DAYS) -> None:
+    """Daily snapshots of the last ``days`` days, so the chart shows on the first sign-in.
+
+    Today's is the real one (``coverage.record_snapshot``); the earlier days are made up, as the
+    periodic task would have recorded them while the org grew: from 5 guests (3 covered) to 11,
+    a new VM temporarily covered now and then, the second hypervisor subscribed 45 days ago.
+    """
+    today = timezone.localdate()
+    history = []
+    for ago in range(days - 1, 0, -1):
+        progress = (days - 1 - ago) / (days - 2)
+        total = 5 + round(6 * progress)
+        temporary = 1 if ago % 11 == 0 else 0
+        covered = min(total - temporary, 3 + round(4 * progress))
+        subscribed = 2 if ago <= 45 else 1
+        history.append(CoverageSnapshot(
+            org=org, day=today - timedelta(days=ago), guests_covered=covered,
+            guests_temporary=temporary, guests_uncovered=total - covered - temporary,
+            hypervisors_with=subscribed, hypervisors_without=3 - subscribed))
+    CoverageSnapshot.objects.bulk_create(history, ignore_conflicts=True)
+    coverage.record_snapshot(org, today)
 
 
 @transaction.atomic

@@ -2,7 +2,9 @@
 
 virt-who's client library only speaks HTTPS, so TLS is on by default: the certificate and key
 come from ``--certfile/--keyfile`` (or ``SAM_TLS_CERT/SAM_TLS_KEY``); without them a
-self-signed pair is created once in ``$SAM_DATA_DIR/tls`` and reused afterwards.
+pair issued by sam's CA (``sam/pki.py``) is created once in ``$SAM_DATA_DIR/tls`` and reused
+afterwards (an upgraded installation's self-signed pair stays in use). Client certificates are
+asked for optionally and verified against sam's CA (``sam/clientcert.py``).
 ``--no-tls`` serves plain HTTP for a TLS-terminating proxy in front.
 """
 
@@ -15,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from sam import tls
+from sam import env, metrics, pki, tls
 
 DEFAULT_BIND = "0.0.0.0:8443"
 EXPIRY_WARNING = timedelta(days=30)
@@ -49,16 +52,10 @@ def parse_bind(value: str) -> str:
 
 def parse_forwarded_allow_ips(value: str | None) -> list[str]:
     """``SAM_FORWARDED_ALLOW_IPS``: comma-separated proxy addresses (or ``*``); none if unset."""
-    items = [item.strip() for item in (value or "").split(",") if item.strip()]
-    for item in items:
-        if item == "*":
-            continue
-        try:
-            ipaddress.ip_address(item)
-        except ValueError:
-            raise CommandError(f"SAM_FORWARDED_ALLOW_IPS: {item!r} is not an IP address "
-                               "(give comma-separated addresses, or *).") from None
-    return items
+    try:
+        return env.forwarded_allow_ips({"SAM_FORWARDED_ALLOW_IPS": value or ""})
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _check_pair(certfile: str, keyfile: str, origin: str) -> tuple[str, str]:
@@ -91,15 +88,16 @@ def _application_class():
                 self.cfg.set(name, value)
 
         def load(self):
+            from sam import clientcert
             from sam.wsgi import application
 
-            return application
+            return clientcert.wrap(application)
 
     return SamApplication
 
 
 class Command(BaseCommand):
-    help = ("Run the web server (gunicorn) over HTTPS. Without a certificate a self-signed one "
+    help = ("Run the web server (gunicorn) over HTTPS. Without a certificate one issued by sam's CA "
             "is created once in $SAM_DATA_DIR/tls. Environment: SAM_BIND, SAM_TLS_CERT, "
             "SAM_TLS_KEY, SAM_FORWARDED_ALLOW_IPS.")
 
@@ -143,55 +141,70 @@ class Command(BaseCommand):
             "bind": [bind],
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            # gthread that hands the verified client certificate to the views (sam/clientcert.py)
+            "worker_class": "sam.clientcert.ThreadWorker",
             "timeout": timeout,
             "proc_name": "sam",
             # gunicorn's own default trusts 127.0.0.1 (or $FORWARDED_ALLOW_IPS): only ours counts.
             "forwarded_allow_ips": ",".join(parse_forwarded_allow_ips(
                 os.environ.get("SAM_FORWARDED_ALLOW_IPS"))),
+            # Metrics files of processes gone (sam/metrics.py): forgotten at start, and the
+            # bookkeeping of each worker process that exits.
+            "on_starting": lambda server: metrics.forget_dead_processes(),
+            "child_exit": lambda server, worker: metrics.process_exited(worker.pid),
         }
         if no_tls:
             if certfile or keyfile:
                 raise CommandError("--no-tls serves plain HTTP: do not give --certfile/--keyfile.")
             return options
         options["certfile"], options["keyfile"] = self.certificate(certfile, keyfile)
+        # Client certificates are optional on the one port (Basic and anonymous requests keep
+        # working) and verified against sam's CA: subscription-manager's identity certificates.
+        try:
+            ca_cert, _, _ = pki.ensure_ca()
+        except (OSError, ImproperlyConfigured) as exc:
+            raise CommandError(f"Cannot create or read sam's CA: {exc}") from None
+        options["cert_reqs"] = ssl.CERT_OPTIONAL
+        options["ca_certs"] = str(ca_cert)
         return options
 
     def certificate(self, certfile: str | None, keyfile: str | None) -> tuple[str, str]:
         if certfile or keyfile:
             if not (certfile and keyfile):
-                raise CommandError("Give both --certfile and --keyfile, or neither (a self-signed "
-                                   "certificate is then used).")
+                raise CommandError("Give both --certfile and --keyfile, or neither (a certificate "
+                                   "issued by sam's CA is then used).")
             return _check_pair(certfile, keyfile, "--certfile/--keyfile")
         env_cert = (os.environ.get("SAM_TLS_CERT") or "").strip()
         env_key = (os.environ.get("SAM_TLS_KEY") or "").strip()
         if env_cert or env_key:
             if not (env_cert and env_key):
                 raise CommandError("Set both SAM_TLS_CERT and SAM_TLS_KEY, or neither (a "
-                                   "self-signed certificate is then used).")
+                                   "CA-issued certificate is then used).")
             return _check_pair(env_cert, env_key, "SAM_TLS_CERT/SAM_TLS_KEY")
         directory = Path(settings.DATA_DIR) / "tls"
         try:
-            cert_path, key_path, created = tls.ensure_self_signed(directory)
+            cert_path, key_path, created = pki.ensure_server_cert(directory)
             info = tls.certificate_info(cert_path)
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"Cannot create or read the self-signed certificate in "
+            ca_fp = pki.ca_fingerprint()
+        except (OSError, ValueError, ImproperlyConfigured) as exc:
+            raise CommandError(f"Cannot create or read the server certificate in "
                                f"{directory}: {exc}") from None
         verb = "Created" if created else "Using"
-        self.stdout.write(f"{verb} self-signed certificate {cert_path}")
+        self.stdout.write(f"{verb} server certificate {cert_path}")
         self.stdout.write(f"  SHA-256 fingerprint {info.sha256}")
         self.stdout.write(f"  names {', '.join(info.dns_names + info.ip_addresses)}; "
                           f"valid until {info.not_after:%Y-%m-%d}")
+        self.stdout.write(f"  sam CA SHA-256 fingerprint {ca_fp}")
         if created:
-            self.stdout.write("  Clients must trust it: copy it as /etc/rhsm/ca/sam.pem on each "
-                              "virt-who host (or set SAM_TLS_CERT/SAM_TLS_KEY to a real one).")
+            self.stdout.write("  Clients must trust sam's CA: GET /pub/sam-ca.pem (or "
+                              "/pub/bootstrap.sh) installs it as /etc/rhsm/ca/sam-ca.pem.")
         now = datetime.now(UTC)
         if info.not_after <= now:
             self.stderr.write(self.style.WARNING(
-                f"The self-signed certificate expired on {info.not_after:%Y-%m-%d}: delete "
+                f"The server certificate expired on {info.not_after:%Y-%m-%d}: delete "
                 f"{cert_path} and {key_path} to get a new one at the next start."))
         elif info.not_after - now < EXPIRY_WARNING:
             self.stderr.write(self.style.WARNING(
-                f"The self-signed certificate expires on {info.not_after:%Y-%m-%d}: delete "
+                f"The server certificate expires on {info.not_after:%Y-%m-%d}: delete "
                 f"{cert_path} and {key_path} to get a new one at the next start."))
         return str(cert_path), str(key_path)

@@ -1,4 +1,6 @@
 // Progressive enhancement only: pages work without it.
+// The Content-Security-Policy (sam/settings.py) allows no inline script and no on*= attribute:
+// behaviour goes here, attached to data-* attributes of the templates.
 // Elements with data-refresh="<seconds>" reload their own content from the same URL while the
 // page says it is still working (e.g. a report whose job is running).
 document.addEventListener("DOMContentLoaded", function () {
@@ -16,5 +18,10 @@ document.addEventListener("DOMContentLoaded", function () {
         })
         .catch(function () {});
     }, seconds * 1000);
+  });
+
+  // data-select-on-focus: a read-only field whose whole text is selected on focus (copying).
+  document.querySelectorAll("[data-select-on-focus]").forEach(function (el) {
+    el.addEventListener("focus", function () { el.select(); });
   });
 });
