@@ -8,6 +8,7 @@ cache call is a miss, logged at most once a minute.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -87,5 +88,23 @@ class TolerantRedisCache(RedisCache):
     def delete_many(self, keys, version=None):
         try:
             super().delete_many(keys, version)
+        except DOWN as exc:
+            _down(exc)
+
+    def clear(self):
+        """Delete this cache's keys only. Django's ``clear`` is FLUSHDB, and the cache shares its
+        Redis database with the Celery broker: a flush would drop every waiting task and
+        kombu's queue bindings, so accepted reports would wait for the requeue sweep."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.key_prefix) + ":*"
+        try:
+            client = self._cache.get_client(None, write=True)
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.delete(*batch)
+                    batch = []
+            if batch:
+                client.delete(*batch)
         except DOWN as exc:
             _down(exc)

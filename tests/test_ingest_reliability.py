@@ -142,10 +142,11 @@ def test_r1_concurrent_reporters(org, live_server):
         .annotate(n=Count("id")).filter(n__gt=1).exists()
     assert not GuestId.objects.values("host", "guest_uuid").annotate(n=Count("id")) \
         .filter(n__gt=1).exists()
-    # Final mapping = the last applied report that listed each hypervisor (apply order).
+    # Final mapping = the last applied report that listed each hypervisor, in apply order:
+    # `finished` is set under the org lock; `started` is the claim, taken before the lock.
     expected: dict[str, list[str]] = {}
     applied = Report.objects.filter(kind="checkin", state="FINISHED", superseded_by=None) \
-        .exclude(diff__has_key="identical_to").order_by("started", "id")
+        .exclude(diff__has_key="identical_to").order_by("finished", "id")
     for report in applied:
         for entry in json.loads(zlib.decompress(bytes(report.payload)))["hypervisors"]:
             expected[entry["hypervisorId"]["hypervisorId"]] = sorted(

@@ -254,6 +254,28 @@ def test_an_unreachable_redis_is_a_cache_miss_not_an_error(org, settings):
     assert _get(CANDLEPIN, "alice", "wrong", address=ELSEWHERE).status_code == 401
 
 
+@pytest.mark.postgres_only("needs Redis, where the cache shares its database with the broker")
+def test_clearing_the_cache_keeps_the_broker_queues(settings):
+    """``cache.clear()`` deletes the cache's own keys: a FLUSHDB would drop waiting tasks."""
+    import redis
+    from django.core.cache import cache
+
+    workers.require_services()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    queue = f"{settings.SAM_REPORT_QUEUE}-clear-test"
+    client.delete(queue)
+    client.lpush(queue, b"a waiting task")
+    try:
+        cache.set("clear-me", 1)
+        cache.set("clear-me-too", 2)
+        assert cache.get("clear-me") == 1
+        cache.clear()
+        assert cache.get("clear-me") is None and cache.get("clear-me-too") is None
+        assert client.lrange(queue, 0, -1) == [b"a waiting task"]
+    finally:
+        client.delete(queue)
+
+
 # --- through the production server ---------------------------------------------------------------
 
 def _https_get(server, path: str, auth: dict, source: str) -> tuple[int, dict, dict]:
