@@ -16,7 +16,7 @@ from rest_framework.response import Response
 
 from hypervisors import services
 from hypervisors.filters import HypervisorFilter, SystemFilter
-from hypervisors.models import GuestHostInterval, GuestId, Report
+from hypervisors.models import REPORT_BLOBS, GuestHostInterval, GuestId, Report
 from hypervisors.queries import DETAIL_GUESTS, HISTORY_LENGTH, attach_registered, guests_of, per_host_count
 from orgs import content_access
 from orgs.models import System
@@ -295,7 +295,7 @@ class HypervisorViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveM
         host.api_entitlements = entitlement_rows(host)
         host.api_guests = attach_registered(self.org, list(guests_of(host)[:DETAIL_GUESTS]))
         host.api_history = (Report.objects.touching(host)
-            .select_related("superseded_by").defer("payload", "superseded_by__payload")
+            .select_related("superseded_by").defer(*REPORT_BLOBS)
             .order_by("-created", "-id")
             [:HISTORY_LENGTH])
         return Response(HypervisorDetailSerializer(host).data)
@@ -323,7 +323,7 @@ class ReportViewSet(UuidLookupMixin, mixins.ListModelMixin, mixins.RetrieveModel
                     OrgScopedViewSet):
     """Check-in jobs (virt-who uploads) with their result and diff; never the raw payload."""
 
-    queryset = Report.objects.select_related("superseded_by").defer("payload", "superseded_by__payload")
+    queryset = Report.objects.select_related("superseded_by").defer(*REPORT_BLOBS)
     serializer_class = ReportSerializer
     filterset_class = ReportFilter
     ordering_fields = ["id", "created", "finished"]

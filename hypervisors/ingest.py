@@ -9,22 +9,29 @@ transaction-level advisory lock, so concurrent reports of one org queue instead 
 from __future__ import annotations
 
 import json
+import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from hypervisors import stage
-from hypervisors.models import GuestHostInterval, GuestId
+from hypervisors.models import GuestHostInterval, GuestId, Report
 from orgs.models import Organization, System
 from sam import inputs, locks
 from sam.ids import new_id, normalize_guest_uuid, swapped_uuid
+from sam.task_slots import TaskSlot
 from subscriptions import services as subscriptions
+
+log = logging.getLogger(__name__)
+write_timeline_task = TaskSlot("hypervisors.tasks.write_timeline_task")  # tasks.py fills it
 
 MAX_NAME = 250
 MAX_ID = 255
@@ -282,6 +289,7 @@ class _Apply:
 
 def _apply(ctx: _Apply) -> None:
     """The steps, in order; each is a fixed number of statements whatever the report's size."""
+    _write_pending_first(ctx)
     _stage_hypervisors(ctx)
     _match_systems(ctx)
     _mark_failures(ctx)
@@ -491,26 +499,30 @@ def _follow_guests(ctx: _Apply, touched: list[str]) -> None:
     # 5 s for 1,000 moved guests of a 20,000-guest org, 32 s on the large report.
     open_stay = (f"FROM {_INTERVAL} i WHERE i.org_id = %s AND i.guest_uuid = {st}.guest_uuid "
                  f"AND i.ended IS NULL")
-    if ctx.exists(f"SELECT 1 FROM {_INTERVAL} WHERE org_id = %s", [org.id]):  # else none open
+    has_stays = ctx.exists(f"SELECT 1 FROM {_INTERVAL} WHERE org_id = %s", [org.id])
+    if has_stays:  # else none open
         cursor.execute(f"UPDATE {st} SET open_id = (SELECT i.id {open_stay}), "
                        f"open_host = (SELECT i.host_id {open_stay})", [org.id, org.id])
     # Timeline: close the open stay where the host changed, open the new one.
     moves = (f"{st}.open_id IS NOT NULL AND ({st}.host_id IS NULL OR {st}.open_host IS NULL "
              f"OR {st}.open_host <> {st}.host_id)")
-    cursor.execute(
-        f"UPDATE {_INTERVAL} SET ended = %s FROM {st} WHERE {_INTERVAL}.id = {st}.open_id "
-        f"AND {moves} RETURNING {_INTERVAL}.guest_uuid, {_INTERVAL}.host_hypervisor_id",
-        [ctx.now])
-    left = dict(cursor.fetchall())
-    cursor.execute(
-        f"INSERT INTO {_INTERVAL} (org_id, guest_uuid, host_id, host_name, host_hypervisor_id,"
-        f" started, ended, source, report_id) "
-        f"SELECT %s, {st}.guest_uuid, {st}.host_id, s.name, COALESCE(s.hypervisor_id, ''), %s,"
-        f" NULL, %s, %s FROM {st} JOIN {_SYSTEM} s ON s.id = {st}.host_id "
-        f"WHERE {st}.open_id IS NULL OR ({moves}) "
-        f"RETURNING guest_uuid, host_hypervisor_id",
-        [org.id, ctx.now, ctx.source, ctx.report_id])
-    arrived = dict(cursor.fetchall())
+    if ctx.report_id is not None and len(touched) >= settings.SAM_TIMELINE_DEFER_GUESTS:
+        left, arrived = _defer_timeline(ctx, moves, has_stays)
+    else:
+        cursor.execute(
+            f"UPDATE {_INTERVAL} SET ended = %s FROM {st} WHERE {_INTERVAL}.id = {st}.open_id "
+            f"AND {moves} RETURNING {_INTERVAL}.guest_uuid, {_INTERVAL}.host_hypervisor_id",
+            [ctx.now])
+        left = dict(cursor.fetchall())
+        cursor.execute(
+            f"INSERT INTO {_INTERVAL} (org_id, guest_uuid, host_id, host_name, host_hypervisor_id,"
+            f" started, ended, source, report_id) "
+            f"SELECT %s, {st}.guest_uuid, {st}.host_id, s.name, COALESCE(s.hypervisor_id, ''), %s,"
+            f" NULL, %s, %s FROM {st} JOIN {_SYSTEM} s ON s.id = {st}.host_id "
+            f"WHERE {st}.open_id IS NULL OR ({moves}) "
+            f"RETURNING guest_uuid, host_hypervisor_id",
+            [org.id, ctx.now, ctx.source, ctx.report_id])
+        arrived = dict(cursor.fetchall())
     ctx.result.moved = sorted((g, left[g], arrived[g]) for g in set(left) & set(arrived))
     # Registered guests with these UUIDs (either byte order) follow their newest host.
     t = ctx.sql.true
@@ -522,6 +534,112 @@ def _follow_guests(ctx: _Apply, touched: list[str]) -> None:
     # Only guests whose host changed have new inputs: an attribute change (or a second host
     # listing a guest that keeps its newest host) resolves nobody.
     ctx.result.resolved = refresh_current_hosts_of(org, guest_ids, ctx.now)
+
+
+# --- Deferred timeline ----------------------------------------------------------------------------
+
+def _defer_timeline(ctx: _Apply, moves: str, has_stays: bool
+                    ) -> tuple[dict[str, str], dict[str, str]]:
+    """A large report's timeline rows, kept on the report instead of written here.
+
+    Writing 20,000 timeline rows, their five index entries and three foreign-key checks each
+    is a third of a large first report's apply. The apply only reads which stays close and
+    open (the job's "moved" list needs that); the rows are written right after commit by
+    ``write_pending_timelines``, under the same org lock, and before any later apply of the
+    org, which starts by writing what is pending: the timeline never misses a step, and a
+    crash in between leaves the entries on the report for the next apply or the sweep.
+    Returns (guest → host it left, guest → host it arrived on), as the direct writes do."""
+    cursor, st = ctx.cursor, _TOUCHED
+    if ctx.newest_host is not None and not has_stays:  # an org's first report: no query
+        stays = [(g, h, None, None) for g, h in ctx.newest_host.items()]
+    else:
+        cursor.execute(f"SELECT guest_uuid, host_id, open_id, open_host FROM {st}")
+        stays = cursor.fetchall()
+    left: dict[str, str] = {}
+    if has_stays:
+        cursor.execute(f"SELECT {st}.guest_uuid, i.host_hypervisor_id FROM {st} "
+                       f"JOIN {_INTERVAL} i ON i.id = {st}.open_id WHERE {moves}")
+        left = dict(cursor.fetchall())
+    cursor.execute(f"SELECT id, name, COALESCE(hypervisor_id, '') FROM {_SYSTEM} WHERE id IN "
+                   f"(SELECT DISTINCT host_id FROM {st} WHERE host_id IS NOT NULL)")
+    hosts = {host_id: [name, hv] for host_id, name, hv in cursor.fetchall()}
+    arrived: dict[str, str] = {}
+    rows: list[list[Any]] = []
+    for guest, host_id, open_id, open_host in stays:
+        moved = open_id is not None and (host_id is None or open_host != host_id)
+        opens = (open_id is None or moved) and host_id in hosts
+        if opens:
+            arrived[guest] = hosts[host_id][1]
+        if moved or opens:
+            rows.append([guest, open_id if moved else None, host_id if opens else None])
+    if rows and ctx.report_id is not None:
+        entries = {"at": ctx.now.isoformat(), "source": ctx.source, "hosts": hosts, "rows": rows}
+        Report.objects.filter(pk=ctx.report_id).update(
+            timeline=zlib.compress(json.dumps(entries).encode(), 1))
+        org_id = ctx.org.id
+        transaction.on_commit(lambda: send_timeline(org_id))
+    return left, arrived
+
+
+def send_timeline(org_id: int) -> None:
+    """Hand the org's pending timeline to a worker (after commit, and from the sweep)."""
+    try:
+        write_timeline_task.delay(org_id)
+    except Exception as exc:  # noqa: BLE001 - the entries wait on the report for the sweep
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            raise
+        log.warning("org %s: timeline stays pending, broker unavailable: %s", org_id, exc)
+
+
+def write_pending_timelines(org_id: int) -> int:
+    """Write the org's deferred timeline entries (the task after a large report's apply, and
+    the sweep). Returns how many reports' entries were written."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        locks.xact_lock(locks.ORG_REPORT, org_id)
+        sql = stage.dialect()
+        sql.begin(cursor)
+        try:
+            return _write_timelines(cursor, sql, org_id)
+        finally:
+            sql.drop_tables(cursor)
+
+
+def _write_timelines(cursor: CursorWrapper, sql: stage.Dialect, org_id: int) -> int:
+    """Under the org's report lock: each pending report's entries, oldest first. A host
+    deleted meanwhile is left out of the link (``host`` null), as deletion does to stays."""
+    pending = list(Report.objects.filter(org_id=org_id, timeline__isnull=False)
+                   .order_by("id").values_list("id", "timeline"))
+    if not pending:
+        return 0
+    tl = stage.STAGE_TIMELINE
+    for report_id, blob in pending:
+        entries = json.loads(zlib.decompress(bytes(blob)))
+        hosts = {int(k): v for k, v in entries["hosts"].items()}
+        sql.create_timeline_table(cursor)
+        sql.load(cursor, tl, ("guest_uuid", "close_id", "host_id", "host_name",
+                              "host_hypervisor_id"),
+                 [(guest, close_id, host_id, *(hosts[host_id] if host_id is not None
+                                               else (None, None)))
+                  for guest, close_id, host_id in entries["rows"]])
+        at = datetime.fromisoformat(entries["at"])
+        cursor.execute(
+            f"UPDATE {_INTERVAL} SET ended = %s FROM {tl} WHERE {_INTERVAL}.id = {tl}.close_id "
+            f"AND {_INTERVAL}.ended IS NULL", [at])
+        cursor.execute(
+            f"INSERT INTO {_INTERVAL} (org_id, guest_uuid, host_id, host_name, host_hypervisor_id,"
+            f" started, ended, source, report_id) "
+            f"SELECT %s, {tl}.guest_uuid, s.id, {tl}.host_name, {tl}.host_hypervisor_id, %s, "
+            f"NULL, %s, %s FROM {tl} LEFT JOIN {_SYSTEM} s ON s.id = {tl}.host_id "
+            f"WHERE {tl}.host_name IS NOT NULL ORDER BY {tl}.guest_uuid",
+            [org_id, at, entries["source"], report_id])
+        Report.objects.filter(pk=report_id).update(timeline=None)
+    return len(pending)
+
+
+def _write_pending_first(ctx: _Apply) -> None:
+    """Before an apply reads the open stays: what an earlier report deferred is written."""
+    if Report.objects.filter(org_id=ctx.org.id, timeline__isnull=False).exists():
+        _write_timelines(ctx.cursor, ctx.sql, ctx.org.id)
 
 
 def _clear_report_stamps(ctx: _Apply) -> None:

@@ -76,6 +76,10 @@ class GuestHostInterval(models.Model):
         return f"{self.guest_uuid} on {self.host_name} from {self.started}"
 
 
+# A report's large columns, and its successor's: what list and detail pages leave unread.
+REPORT_BLOBS = ("payload", "timeline", "superseded_by__payload", "superseded_by__timeline")
+
+
 class ReportQuerySet(models.QuerySet):
     def touching(self, host: System):
         """Reports that created or updated ``host`` or moved a guest onto it: the hypervisor's
@@ -156,6 +160,10 @@ class Report(models.Model):
     last_seen = models.DateTimeField(null=True, blank=True,
                                      help_text="the last of those repeats")
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # A large report writes its host timeline after its own transaction (hypervisors/ingest.py,
+    # "Deferred timeline"): what is still to be written is kept here until then.
+    timeline = models.BinaryField(null=True, blank=True, editable=False,
+                                  help_text="zlib-compressed host timeline entries not yet written")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     started = models.DateTimeField(null=True, blank=True)
@@ -183,6 +191,9 @@ class Report(models.Model):
             # Retention: finished reports whose payload is still stored (a few days' worth).
             models.Index(fields=["finished"], name="report_payload_finished_idx",
                          condition=Q(payload__isnull=False)),
+            # Host timelines still to be written (a few rows at most, for a second or so).
+            models.Index(fields=["org", "id"], name="report_timeline_pending_idx",
+                         condition=Q(timeline__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -140,7 +140,7 @@ def _unchanged(org: Organization, common: dict, last: Report, now: datetime) -> 
         if last.same_as_id is not None and Report.objects.filter(
                 pk=last.pk, state=Report.State.FINISHED).update(
                 repeats=F("repeats") + 1, last_seen=now, finished=now, updated=now):
-            return Report.objects.select_related("org").defer("payload", "diff").get(pk=last.pk)
+            return Report.objects.select_related("org").defer("payload", "diff", "timeline").get(pk=last.pk)
         previous = (Report.objects.filter(pk=applied_id)
                     .values_list("uuid", "result", "hypervisor_count").first())
         uuid, result, count = previous if previous else (last.uuid, {}, 0)
@@ -267,6 +267,11 @@ def requeue_waiting(older_than: timedelta | None = None) -> int:
     Report.objects.filter(id__in=ids, state=Report.State.RUNNING).update(updated=now)
     for report_id in ids:
         _send(report_id)
+    # Timelines a large report deferred and whose task was lost (the org's next apply would
+    # also write them first).
+    for org_id in (Report.objects.filter(timeline__isnull=False, finished__lte=cutoff)
+                   .values_list("org_id", flat=True).distinct().order_by("org_id")[:1000]):
+        ingest.send_timeline(org_id)
     return len(ids)
 
 
@@ -291,7 +296,7 @@ def heartbeat(org: Organization, reporter_id: str, principal: str = "", origin: 
                 .order_by("-finished", "-id").values_list("id", flat=True).first())
         if last is not None and Report.objects.filter(pk=last, state=Report.State.FINISHED).update(
                 repeats=F("repeats") + 1, last_seen=now, last_heartbeat=now, updated=now):
-            return (Report.objects.select_related("org").defer("payload", "diff", "result")
+            return (Report.objects.select_related("org").defer("payload", "diff", "result", "timeline")
                     .get(pk=last))
         return Report.objects.create(
             org=org, kind=Report.Kind.HEARTBEAT, reporter_id=reporter_id,
@@ -365,7 +370,7 @@ def prune_old_reports(now: datetime | None = None) -> int:
     """Delete finished reports whose last activity is older than ``SAM_HISTORY_DAYS``."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.SAM_HISTORY_DAYS)
-    old = (Report.objects.filter(state__in=DONE_STATES)
+    old = (Report.objects.filter(state__in=DONE_STATES, timeline__isnull=True)
            .alias(active=Coalesce("last_seen", "finished", "created"))
            .filter(active__lt=cutoff))
     deleted = 0

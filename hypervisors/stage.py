@@ -19,7 +19,8 @@ from django.db.backends.utils import CursorWrapper
 STAGE_HV = "sam_stage_hv"
 STAGE_GUEST = "sam_stage_guest"
 STAGE_TOUCHED = "sam_stage_touched"
-TABLES = (STAGE_HV, STAGE_GUEST, STAGE_TOUCHED)
+STAGE_TIMELINE = "sam_stage_timeline"
+TABLES = (STAGE_HV, STAGE_GUEST, STAGE_TOUCHED, STAGE_TIMELINE)
 
 Row = Sequence[Any]
 
@@ -38,6 +39,11 @@ _CREATE = (
     """CREATE TEMP TABLE {touched} (
         guest_uuid {text} PRIMARY KEY, host_id {int}, open_id {int}, open_host {int}) {temp}""",
 )
+# A deferred host timeline being written (ingest.write_pending_timelines): per guest UUID, the
+# open stay to close and/or the host of the stay to open. Created when needed, not per apply.
+_CREATE_TIMELINE = """CREATE TEMP TABLE IF NOT EXISTS {timeline} (
+        guest_uuid {text} PRIMARY KEY, close_id {int}, host_id {int}, host_name {text},
+        host_hypervisor_id {text}) {temp}"""
 
 
 class Dialect:
@@ -53,6 +59,11 @@ class Dialect:
         names = {"hv": STAGE_HV, "guest": STAGE_GUEST, "touched": STAGE_TOUCHED}
         for sql in _CREATE:
             cursor.execute(sql.format(**names, **self.types))
+
+    def create_timeline_table(self, cursor: CursorWrapper) -> None:
+        """The deferred-timeline staging table, empty."""
+        cursor.execute(_CREATE_TIMELINE.format(timeline=STAGE_TIMELINE, **self.types))
+        cursor.execute(f"DELETE FROM {STAGE_TIMELINE}")
 
     def drop_tables(self, cursor: CursorWrapper) -> None:
         """At the end of each apply: a caller's transaction may hold several (tests, an admin

@@ -8,7 +8,7 @@ import time
 from celery import shared_task
 from django.db import OperationalError
 
-from hypervisors import reports
+from hypervisors import ingest, reports
 from sam import locks, metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,18 @@ def apply_report_task(self, report_id: int) -> str:
     elif outcome == "superseded":
         metrics.REPORTS_SUPERSEDED.inc()
     return outcome
+
+
+@ingest.write_timeline_task.register
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def write_timeline_task(self, org_id: int) -> int:
+    """Write the host timeline a large report of this org deferred (idempotent: nothing
+    pending, nothing done)."""
+    try:
+        return ingest.write_pending_timelines(org_id)
+    except OperationalError as exc:
+        log.warning("org %s: database trouble writing the timeline, retrying: %s", org_id, exc)
+        raise self.retry(countdown=2 ** self.request.retries) from exc
 
 
 @shared_task(acks_late=True)

@@ -23,7 +23,7 @@ from django.views.generic import TemplateView
 from hypervisors import services as hv_services
 from hypervisors.filters import HypervisorFilter, SystemFilter, ui_filterset
 from hypervisors.forms import AttachForm, ReportFilterForm, pool_label
-from hypervisors.models import GuestHostInterval, GuestId, Report
+from hypervisors.models import REPORT_BLOBS, GuestHostInterval, GuestId, Report
 from hypervisors.queries import DETAIL_GUESTS, HISTORY_LENGTH, attach_registered, guests_of, per_host_count
 from orgs.models import ConsumerIdentity, System, SystemEvent, coverage_flags, coverage_word
 from sam.errors import EntitlementRefused, NotFound
@@ -352,7 +352,7 @@ class SystemDetailView(SystemMixin, TemplateView):
                           "attach_url": self._attach_url(system, item)})
         uuids = [u for u in (system.virt_uuid, system.virt_uuid_swapped) if u]
         timeline = list(GuestHostInterval.objects.filter(org=self.org, guest_uuid__in=uuids)
-                        .select_related("host", "report").defer("report__payload")
+                        .select_related("host", "report").defer("report__payload", "report__timeline")
                         .order_by("-started", "-id")[:TIMELINE_LENGTH]) if uuids else []
         identity = ConsumerIdentity.objects.filter(system=system).first()
         if identity is not None:
@@ -440,7 +440,7 @@ class ReportDetailView(OrgPageMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         try:
             report = (Report.objects.filter(org=self.org).select_related("superseded_by")
-                      .defer("payload", "superseded_by__payload").get(uuid=self.kwargs["uuid"]))
+                      .defer(*REPORT_BLOBS).get(uuid=self.kwargs["uuid"]))
         except (Report.DoesNotExist, ValidationError, ValueError):
             raise Http404("No such report.") from None
         diff = report.diff if isinstance(report.diff, dict) else {}

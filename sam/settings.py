@@ -252,6 +252,8 @@ CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in SAM_QUEUES]
 CELERY_TASK_ROUTES = {
     "hypervisors.tasks.apply_report_task": {"queue": SAM_REPORT_QUEUE,
                                             "routing_key": SAM_REPORT_QUEUE},
+    "hypervisors.tasks.write_timeline_task": {"queue": SAM_REPORT_QUEUE,
+                                              "routing_key": SAM_REPORT_QUEUE},
     "subscriptions.tasks.resolve_systems": {"queue": SAM_RESOLUTION_QUEUE,
                                             "routing_key": SAM_RESOLUTION_QUEUE},
 }
@@ -286,6 +288,9 @@ SAM_REPORT_REPORTER_QUEUE_LIMIT = env.env_int("SAM_REPORT_REPORTER_QUEUE_LIMIT",
 SAM_REPORT_RETRY_AFTER = env.env_int("SAM_REPORT_RETRY_AFTER", 60, minimum=1)
 # Reports still CREATED after this many seconds are sent to the workers again.
 SAM_REPORT_REQUEUE_AFTER = env.env_int("SAM_REPORT_REQUEUE_AFTER", 120, minimum=1)
+# A report that moves, adds or removes at least this many guests writes their host timeline
+# after its own transaction (the job is FINISHED sooner; the timeline follows within a second).
+SAM_TIMELINE_DEFER_GUESTS = env.env_int("SAM_TIMELINE_DEFER_GUESTS", 500, minimum=0)
 # How often beat runs that sweep (seconds).
 SAM_REPORT_REQUEUE_INTERVAL = env.env_int("SAM_REPORT_REQUEUE_INTERVAL", 60, minimum=1)
 # Retention (performance.md R10): stored report bodies are dropped this many days after their

@@ -246,7 +246,8 @@ def job(request: ApiRequest, job_id: str) -> HttpResponse:
     except Exception:  # noqa: BLE001 - a malformed id names no job
         raise NotVisible(f"Job with id {job_id} could not be found.") from None
     # The stored report and its diff can be megabytes: a poll reads neither.
-    report = Report.objects.select_related("org").defer("payload", "diff").filter(uuid=key).first()
+    report = (Report.objects.select_related("org").defer("payload", "diff", "timeline")
+              .filter(uuid=key).first())
     if report is None:  # a manifest import or undo job?
         from sam.candlepin import imports
 
