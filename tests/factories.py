@@ -36,3 +36,17 @@ class SystemFactory(factory.django.DjangoModelFactory):
     org = factory.SubFactory(OrganizationFactory)
     name = factory.Sequence(lambda n: f"system{n}.example.com")
     registered_at = factory.LazyFunction(timezone.now)
+
+
+def stored_report(org: Organization, hosts: dict[str, list[str]], reporter: str = "r1"):
+    """A check-in as accept stores it (CREATED, body compressed), for a test to apply itself."""
+    import json
+    import zlib
+
+    from hypervisors.models import Report
+
+    body = json.dumps({"hypervisors": [
+        {"hypervisorId": {"hypervisorId": name}, "name": name,
+         "guestIds": [{"guestId": g} for g in guests]} for name, guests in hosts.items()]}).encode()
+    return Report.objects.create(org=org, reporter_id=reporter, payload=zlib.compress(body, 1),
+                                 payload_size=len(body), state=Report.State.CREATED)

@@ -5,7 +5,6 @@ even when the task that writes it is lost."""
 from __future__ import annotations
 
 import json
-import zlib
 from datetime import timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from hypervisors.models import GuestHostInterval, Report
 from orgs.models import System
 from orgs.services import create_org
 from tests import workers
+from tests.factories import stored_report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,14 +26,6 @@ STEPS = [
     {"esx1": ["g1", "g4"], "esx2": ["g5", "g2"], "esx3": ["g6", "g7"], "esx4": ["g3"]},
     {"esx1": [], "esx2": ["g5", "g1"], "esx3": ["g6", "g7", "g4"]},
 ]
-
-
-def _stored(org, hosts: dict[str, list[str]], reporter: str = "r1") -> Report:
-    body = json.dumps({"hypervisors": [
-        {"hypervisorId": {"hypervisorId": name}, "name": name,
-         "guestIds": [{"guestId": g} for g in guests]} for name, guests in hosts.items()]}).encode()
-    return Report.objects.create(org=org, reporter_id=reporter, payload=zlib.compress(body, 1),
-                                 payload_size=len(body), state=Report.State.CREATED)
 
 
 def _timeline(org) -> list[tuple]:
@@ -54,7 +46,7 @@ def _apply_steps(org, settings, defer_at: int) -> list:
     settings.SAM_TIMELINE_DEFER_GUESTS = defer_at
     moved = []
     for hosts in STEPS:
-        report = _stored(org, hosts)
+        report = stored_report(org, hosts)
         assert reports.apply_report(report.pk) == "applied"
         moved.append(_moved(report))
     return moved
@@ -87,13 +79,13 @@ def test_a_pending_timeline_is_written_before_the_next_apply_and_by_the_sweep(se
     settings.SAM_TIMELINE_DEFER_GUESTS = 0
     try:
         with workers.tasks_to_broker():
-            first = _stored(org, STEPS[0])
+            first = stored_report(org, STEPS[0])
             assert reports.apply_report(first.pk) == "applied"
             first.refresh_from_db()
             assert first.timeline is not None and first.state == "FINISHED"
             assert not GuestHostInterval.objects.filter(org=org).exists()
             for hosts in STEPS[1:]:
-                assert reports.apply_report(_stored(org, hosts).pk) == "applied"
+                assert reports.apply_report(stored_report(org, hosts).pk) == "applied"
             # Only the last report's entries wait; the earlier ones were written first.
             pending = list(Report.objects.filter(timeline__isnull=False).values_list("id", flat=True))
             assert pending == [Report.objects.filter(org=org).order_by("-id")[0].id]
@@ -137,7 +129,7 @@ def test_a_worker_writes_the_timeline_after_the_job_finished(settings):
 def test_a_small_report_writes_its_timeline_in_its_own_transaction(settings):
     settings.SAM_TIMELINE_DEFER_GUESTS = 500
     org = create_org("SMALL", "Small")
-    report = _stored(org, STEPS[0])
+    report = stored_report(org, STEPS[0])
     assert reports.apply_report(report.pk) == "applied"
     report.refresh_from_db()
     assert report.timeline is None
@@ -148,7 +140,7 @@ def test_pending_entries_survive_a_host_deleted_in_between(settings):
     """A host deleted before the entries are written: its stay keeps the name, not the link."""
     settings.SAM_TIMELINE_DEFER_GUESTS = 0
     org = create_org("DEL", "Deleted host")
-    report = _stored(org, {"esx1": ["g1"], "esx2": ["g2"]})
+    report = stored_report(org, {"esx1": ["g1"], "esx2": ["g2"]})
     # The task runs when the outer transaction commits, after the deletion.
     with transaction.atomic():
         assert reports.apply_report(report.pk) == "applied"

@@ -6,10 +6,8 @@ The claim is committed before the apply's transaction, so a slow or stuck apply 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import zlib
 from datetime import timedelta
 
 import psycopg
@@ -23,18 +21,11 @@ from hypervisors.models import Report
 from orgs.models import System
 from sam import locks
 from tests import workers
+from tests.factories import stored_report
 from tests.scenario import acme
 
 pytestmark = [pytest.mark.django_db(transaction=True),
               pytest.mark.postgres_only("holds the org's advisory lock from a second connection")]
-
-
-def _stored(org, hosts: dict[str, list[str]], reporter: str = "r1") -> Report:
-    body = json.dumps({"hypervisors": [
-        {"hypervisorId": {"hypervisorId": name}, "name": name,
-         "guestIds": [{"guestId": g} for g in guests]} for name, guests in hosts.items()]}).encode()
-    return Report.objects.create(org=org, reporter_id=reporter, payload=zlib.compress(body, 1),
-                                 payload_size=len(body), state=Report.State.CREATED)
 
 
 def _other_connection() -> psycopg.Connection:
@@ -46,7 +37,7 @@ def _other_connection() -> psycopg.Connection:
 
 def test_a_claimed_report_reads_running_until_its_apply_commits():
     org = acme()
-    report = _stored(org, {"esx1": ["g1", "g2"]})
+    report = stored_report(org, {"esx1": ["g1", "g2"]})
     other = _other_connection()
     outcome: list[str] = []
     try:
@@ -76,8 +67,8 @@ def test_a_claimed_report_reads_running_until_its_apply_commits():
 
 def test_a_report_left_running_by_a_dead_worker_is_applied_again():
     org = acme()
-    stuck = _stored(org, {"esx1": ["g1"]})
-    recent = _stored(org, {"esx2": ["g2"]}, reporter="r2")
+    stuck = stored_report(org, {"esx1": ["g1"]})
+    recent = stored_report(org, {"esx2": ["g2"]}, reporter="r2")
     after = timedelta(seconds=settings.SAM_REPORT_REQUEUE_AFTER)
     # A worker claimed both and died, one longer ago than the sweep waits.
     Report.objects.filter(pk=stuck.pk).update(state=Report.State.RUNNING,
@@ -103,7 +94,7 @@ def test_a_report_left_running_by_a_dead_worker_is_applied_again():
 
 def test_a_running_report_that_fails_ends_failed():
     org = acme()
-    report = _stored(org, {"esx1": []})
+    report = stored_report(org, {"esx1": []})
     Report.objects.filter(pk=report.pk).update(state=Report.State.RUNNING, started=timezone.now())
     reference = reports.fail_report(report.pk, RuntimeError("boom"))
     failed = Report.objects.get(pk=report.pk)

@@ -89,6 +89,32 @@ def test_import_resolves_each_system_once(enqueued):
     assert [status(b) for b in boxes] == ["valid"] * 3
 
 
+def test_import_reads_the_systems_once_and_resolves_only_those_it_can_cover(enqueued):
+    """The systems an import may cover are looked up once for all its subscriptions, with
+    the skus of every one of them."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    org = acme()
+    subs.create_product(org, "69", "Other product")
+    subs.create_product(org, "OTHER", "Other subscription", provided=["69"])
+    subs.create_product(org, "72", "Unrelated product")
+    rhel = physical(org, "rhel-box")
+    other = physical(org, "other-box", products=[{"productId": "69"}])
+    physical(org, "unrelated-box", products=[{"productId": "72"}])
+    enqueued.clear()
+    rows = importer.parse_json({"subscriptions": [
+        {"product": sku, "quantity": 1, "start": "2025-01-01", "end": "2099-01-01",
+         "contract_number": f"C-{i}"} for i, sku in enumerate(["RHEL-4G", "OTHER"] * 3)]})
+    with CaptureQueriesContext(connection) as ctx:
+        importer.run(org, rows)
+    reads = [q["sql"] for q in ctx.captured_queries
+             if '"installed_products" FROM "orgs_system"' in q["sql"]]
+    assert len(reads) == 1, reads
+    assert _ids(enqueued) == sorted([rhel.id, other.id])
+    assert status(rhel) == status(other) == "valid"
+
+
 def test_deferred_block_that_fails_enqueues_nothing(enqueued):
     org = acme()
     physical(org, "box")

@@ -416,7 +416,7 @@ def _reconcile(org: Organization, manifest: Manifest, now: datetime) -> dict:
         counts["removed"] += 1
     counts["revoked"] = max(0, revoked_before - Entitlement.objects.filter(org=org).count())
     # Systems that held what changed, and every system that may use the new pools: once.
-    services.enqueue_resolution(affected | set(services._systems_wanting_coverage(org)), TRIGGER)
+    services.enqueue_coverage_seekers(org, None, TRIGGER, also=affected)
     return counts
 
 
