@@ -625,13 +625,22 @@ def _write_timelines(cursor: CursorWrapper, sql: stage.Dialect, org_id: int) -> 
         cursor.execute(
             f"UPDATE {_INTERVAL} SET ended = %s FROM {tl} WHERE {_INTERVAL}.id = {tl}.close_id "
             f"AND {_INTERVAL}.ended IS NULL", [at])
+        # A guest that has an open stay again is left as it is (never two open stays): the
+        # entries are written before anything else touches the org's stays, so this does not
+        # happen; if it ever did, one stale entry must not block every later apply of the org.
         cursor.execute(
             f"INSERT INTO {_INTERVAL} (org_id, guest_uuid, host_id, host_name, host_hypervisor_id,"
             f" started, ended, source, report_id) "
             f"SELECT %s, {tl}.guest_uuid, s.id, {tl}.host_name, {tl}.host_hypervisor_id, %s, "
             f"NULL, %s, %s FROM {tl} LEFT JOIN {_SYSTEM} s ON s.id = {tl}.host_id "
-            f"WHERE {tl}.host_name IS NOT NULL ORDER BY {tl}.guest_uuid",
-            [org_id, at, entries["source"], report_id])
+            f"WHERE {tl}.host_name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {_INTERVAL} i "
+            f"WHERE i.org_id = %s AND i.guest_uuid = {tl}.guest_uuid AND i.ended IS NULL) "
+            f"ORDER BY {tl}.guest_uuid",
+            [org_id, at, entries["source"], report_id, org_id])
+        opened = sum(1 for row in entries["rows"] if row[2] is not None)
+        if cursor.rowcount != opened:
+            log.warning("report %s: %s of %s deferred stays not opened (the guest had an open "
+                        "stay already)", report_id, opened - cursor.rowcount, opened)
         Report.objects.filter(pk=report_id).update(timeline=None)
     return len(pending)
 

@@ -150,3 +150,23 @@ def test_pending_entries_survive_a_host_deleted_in_between(settings):
     stays = {i.guest_uuid: (i.host_id is not None, i.host_name)
              for i in GuestHostInterval.objects.filter(org=org)}
     assert stays == {"g1": (True, "esx1"), "g2": (False, "esx2")}
+
+
+def test_a_stale_entry_never_blocks_the_org(settings, caplog):
+    """If a guest already has an open stay when its deferred entry is written (nothing in sam
+    does that), the entry is skipped with a warning instead of failing every later apply."""
+    from django.utils import timezone
+
+    settings.SAM_TIMELINE_DEFER_GUESTS = 0
+    org = create_org("STALE", "Stale")
+    with transaction.atomic():  # the task runs when this commits
+        assert reports.apply_report(stored_report(org, {"esx1": ["g1", "g2"]}).pk) == "applied"
+        host = System.objects.get(org=org, hypervisor_id="esx1")
+        GuestHostInterval.objects.create(org=org, guest_uuid="g1", host=host, host_name="by hand",
+                                         started=timezone.now(), source="test")
+    assert not Report.objects.filter(timeline__isnull=False).exists()
+    stays = sorted(GuestHostInterval.objects.filter(org=org, ended__isnull=True)
+                   .values_list("guest_uuid", "host_name"))
+    assert stays == [("g1", "by hand"), ("g2", "esx1")]
+    assert "1 of 2 deferred stays not opened" in caplog.text
+    assert reports.apply_report(stored_report(org, {"esx1": ["g2"]}).pk) == "applied"
