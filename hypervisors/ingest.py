@@ -583,12 +583,7 @@ def _defer_timeline(ctx: _Apply, moves: str, has_stays: bool
 
 def send_timeline(org_id: int) -> None:
     """Hand the org's pending timeline to a worker (after commit, and from the sweep)."""
-    try:
-        write_timeline_task.delay(org_id)
-    except Exception as exc:  # noqa: BLE001 - the entries wait on the report for the sweep
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            raise
-        log.warning("org %s: timeline stays pending, broker unavailable: %s", org_id, exc)
+    write_timeline_task.delay_or_leave(org_id, waiting=f"org {org_id}: timeline stays pending")
 
 
 def write_pending_timelines(org_id: int) -> int:

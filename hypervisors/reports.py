@@ -64,12 +64,7 @@ apply_report_task = TaskSlot("hypervisors.tasks.apply_report_task")  # tasks.py 
 
 def _send(report_id: int) -> None:
     """Hand the job to a worker; if the broker is down it stays CREATED for the sweep."""
-    try:
-        apply_report_task.delay(report_id)
-    except Exception as exc:  # noqa: BLE001 - any broker failure; the row is the durable copy
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            raise
-        log.warning("report %s stays CREATED, broker unavailable: %s", report_id, exc)
+    apply_report_task.delay_or_leave(report_id, waiting=f"report {report_id} stays CREATED")
 
 
 def check_waiting_limits(org: Organization, reporter_id: str) -> None:

@@ -9,7 +9,10 @@ command or worker runs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class TaskSlot:
@@ -34,3 +37,16 @@ class TaskSlot:
 
     def apply_async(self, *args: Any, **kwargs: Any) -> Any:
         return self._task().apply_async(*args, **kwargs)
+
+    def delay_or_leave(self, *args: Any, waiting: str) -> None:
+        """Send the task; when the broker is down, log and leave the work where it is stored
+        (``waiting`` says where), for the sweep to send again. In-process (eager) a failure
+        is the task's own error, and raised."""
+        from django.conf import settings
+
+        try:
+            self._task().delay(*args)
+        except Exception as exc:  # noqa: BLE001 - any broker failure; the database row remains
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                raise
+            log.warning("%s, broker unavailable: %s", waiting, exc)
